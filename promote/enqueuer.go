@@ -1,0 +1,295 @@
+package promote
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lazymigrate/lazymigrate/internal/metrics"
+)
+
+// TaskEnqueuer is the part of asynq's client the Enqueuer uses.
+// *asynq.Client implements it.
+type TaskEnqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+var _ TaskEnqueuer = (*asynq.Client)(nil)
+
+// EnqueuerConfig configures an Enqueuer.
+type EnqueuerConfig struct {
+	// Queue is the asynq queue for promotion tasks. Defaults to "lazymigrate".
+	Queue string
+	// BatchSize is the most keys one task carries; a full batch is enqueued
+	// at once. Defaults to 500; at most MaxTaskKeys.
+	BatchSize int
+	// FlushInterval is the longest a scheduled key waits before its batch is
+	// enqueued. Defaults to 10ms.
+	FlushInterval time.Duration
+	// MaxPending caps the keys waiting for a flush; past it, Schedule drops
+	// keys (counted; the sweeper copies them later). Defaults to 100,000.
+	MaxPending int
+	// DedupeWindow is how long a scheduled key is not scheduled again by
+	// this process: long enough for its task to run. Defaults to 1 minute.
+	DedupeWindow time.Duration
+	// DedupeKeys caps the keys remembered for deduplication, which bounds
+	// memory. Defaults to 1,000,000 (about 40 MB at most).
+	DedupeKeys int
+	// MaxRetry is asynq's retry limit for promotion tasks. A task that fails
+	// for good leaves its keys to the sweeper. Defaults to 5.
+	MaxRetry int
+	// Timeout bounds one attempt of a task. Defaults to 1 minute.
+	Timeout time.Duration
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// Registerer receives lazymigrate_promotions_total. Defaults to none.
+	Registerer prometheus.Registerer
+}
+
+// Enqueuer schedules promotion of keys of one table. Schedule never touches
+// the network: keys are deduplicated and batched in memory and a background
+// loop enqueues one asynq task per batch, so a read that misses NEW pays no
+// Redis round trip, and a hot key missed by many requests is promoted once.
+type Enqueuer struct {
+	client TaskEnqueuer
+	table  string
+	cfg    EnqueuerConfig
+	opts   []asynq.Option
+
+	mu      sync.Mutex
+	pending []int64
+	recent  *window
+	wake    chan struct{}
+
+	stopOnce sync.Once
+	started  bool
+	cancel   context.CancelFunc
+	done     chan struct{}
+
+	outcomes *prometheus.CounterVec
+	log      *slog.Logger
+}
+
+// NewEnqueuer returns an Enqueuer for table (the Copier's table name). Call
+// Start to begin enqueuing.
+func NewEnqueuer(client TaskEnqueuer, table string, cfg *EnqueuerConfig) (*Enqueuer, error) {
+	var c EnqueuerConfig
+	if cfg != nil {
+		c = *cfg
+	}
+	if client == nil {
+		return nil, errors.New("promote: NewEnqueuer needs an asynq client")
+	}
+	if table == "" {
+		return nil, errors.New("promote: NewEnqueuer needs a table name")
+	}
+	c.Queue = cmp.Or(c.Queue, "lazymigrate")
+	c.BatchSize = cmp.Or(c.BatchSize, 500)
+	c.FlushInterval = cmp.Or(c.FlushInterval, 10*time.Millisecond)
+	c.MaxPending = cmp.Or(c.MaxPending, 100_000)
+	c.DedupeWindow = cmp.Or(c.DedupeWindow, time.Minute)
+	c.DedupeKeys = cmp.Or(c.DedupeKeys, 1_000_000)
+	c.MaxRetry = cmp.Or(c.MaxRetry, 5)
+	c.Timeout = cmp.Or(c.Timeout, time.Minute)
+	switch {
+	case c.BatchSize < 0 || c.BatchSize > MaxTaskKeys:
+		return nil, fmt.Errorf("promote: EnqueuerConfig.BatchSize must be in [1, %d], got %d", MaxTaskKeys, c.BatchSize)
+	case c.FlushInterval < 0, c.DedupeWindow < 0, c.Timeout < 0:
+		return nil, errors.New("promote: EnqueuerConfig durations must not be negative")
+	case c.MaxPending < 0, c.DedupeKeys < 0, c.MaxRetry < 0:
+		return nil, errors.New("promote: EnqueuerConfig.MaxPending, DedupeKeys and MaxRetry must not be negative")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	e := &Enqueuer{
+		client: client,
+		table:  table,
+		cfg:    c,
+		opts:   []asynq.Option{asynq.Queue(c.Queue), asynq.MaxRetry(c.MaxRetry), asynq.Timeout(c.Timeout)},
+		recent: newWindow(c.DedupeWindow, c.DedupeKeys),
+		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		log:    c.Logger,
+	}
+	e.outcomes = metrics.CounterVec(c.Registerer, "promotions_total",
+		"Keys through the promotion pipeline, by outcome: enqueued, deduplicated or dropped when scheduled; copied, present, tombstoned, absent or settled when handled.",
+		"table", "outcome").MustCurryWith(prometheus.Labels{"table": table})
+	return e, nil
+}
+
+// Schedule asks for keys to be promoted and returns how many were accepted.
+// Keys scheduled within DedupeWindow are skipped; when MaxPending keys are
+// waiting, the rest are dropped. It does no I/O and never blocks on the
+// network. Negative keys are ignored; callers validate keys before reading.
+func (e *Enqueuer) Schedule(ks ...int64) int {
+	now := time.Now()
+	accepted, dup, dropped := 0, 0, 0
+	e.mu.Lock()
+	for _, k := range ks {
+		switch {
+		case k < 0:
+			continue
+		case e.recent.has(k, now):
+			dup++
+		case len(e.pending) >= e.cfg.MaxPending:
+			dropped++
+		default:
+			e.recent.add(k, now)
+			e.pending = append(e.pending, k)
+			accepted++
+		}
+	}
+	full := len(e.pending) >= e.cfg.BatchSize
+	e.mu.Unlock()
+
+	if full {
+		select {
+		case e.wake <- struct{}{}:
+		default:
+		}
+	}
+	if dup > 0 {
+		e.outcomes.WithLabelValues("deduplicated").Add(float64(dup))
+	}
+	if dropped > 0 {
+		e.outcomes.WithLabelValues("dropped").Add(float64(dropped))
+	}
+	return accepted
+}
+
+// Start begins the background loop that enqueues scheduled keys. It returns
+// at once; the loop runs until ctx ends or Stop is called.
+func (e *Enqueuer) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started {
+		return errors.New("promote: Enqueuer already started")
+	}
+	e.started = true
+	ctx, e.cancel = context.WithCancel(ctx)
+	go e.run(ctx)
+	return nil
+}
+
+// Stop ends the loop after enqueuing what is pending (waiting at most 5
+// seconds for Redis). It is safe to call more than once, and before Start.
+func (e *Enqueuer) Stop() {
+	e.stopOnce.Do(func() {
+		e.mu.Lock()
+		started := e.started
+		e.started = true // a Start after Stop must not run
+		e.mu.Unlock()
+		if !started {
+			return
+		}
+		e.cancel()
+		<-e.done
+	})
+}
+
+func (e *Enqueuer) run(ctx context.Context) {
+	defer close(e.done)
+	t := time.NewTicker(e.cfg.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = e.Flush(final)
+			cancel()
+			return
+		case <-t.C:
+		case <-e.wake:
+		}
+		_ = e.Flush(ctx)
+	}
+}
+
+// Flush enqueues every pending key now, in tasks of at most BatchSize keys.
+// Keys whose task could not be enqueued are counted as dropped and forgotten
+// by the dedupe window, so a later read schedules them again.
+func (e *Enqueuer) Flush(ctx context.Context) error {
+	e.mu.Lock()
+	batch := e.pending
+	e.pending = nil
+	e.mu.Unlock()
+
+	var errs []error
+	for len(batch) > 0 {
+		n := min(len(batch), e.cfg.BatchSize)
+		if err := e.enqueue(ctx, batch[:n]); err != nil {
+			errs = append(errs, err)
+		}
+		batch = batch[n:]
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Enqueuer) enqueue(ctx context.Context, ks []int64) error {
+	task, err := NewTask(e.table, ks, e.opts...)
+	if err == nil {
+		_, err = e.client.EnqueueContext(ctx, task)
+	}
+	if err != nil {
+		e.mu.Lock()
+		e.recent.forget(ks)
+		e.mu.Unlock()
+		e.outcomes.WithLabelValues("dropped").Add(float64(len(ks)))
+		e.log.WarnContext(ctx, "lazymigrate: promotion dropped; the sweeper will copy these keys",
+			"table", e.table, "num_keys", len(ks), "error", err)
+		return fmt.Errorf("promote: enqueue %d keys of %s: %w", len(ks), e.table, err)
+	}
+	e.outcomes.WithLabelValues("enqueued").Add(float64(len(ks)))
+	return nil
+}
+
+// window remembers keys for about ttl, in two generations: a key is recent
+// if either holds it. Rotating generations costs O(1) and bounds memory to
+// two maps of at most max/2 keys each.
+type window struct {
+	ttl       time.Duration
+	max       int
+	cur, prev map[int64]struct{}
+	rotated   time.Time
+}
+
+func newWindow(ttl time.Duration, max int) *window {
+	return &window{ttl: ttl, max: max, cur: map[int64]struct{}{}, prev: map[int64]struct{}{}, rotated: time.Now()}
+}
+
+func (w *window) has(k int64, now time.Time) bool {
+	w.maybeRotate(now)
+	if _, ok := w.cur[k]; ok {
+		return true
+	}
+	_, ok := w.prev[k]
+	return ok
+}
+
+func (w *window) add(k int64, now time.Time) {
+	w.maybeRotate(now)
+	w.cur[k] = struct{}{}
+}
+
+func (w *window) forget(ks []int64) {
+	for _, k := range ks {
+		delete(w.cur, k)
+		delete(w.prev, k)
+	}
+}
+
+func (w *window) maybeRotate(now time.Time) {
+	if now.Sub(w.rotated) < w.ttl/2 && len(w.cur) < w.max/2 {
+		return
+	}
+	w.prev, w.cur = w.cur, make(map[int64]struct{}, len(w.cur))
+	w.rotated = now
+}

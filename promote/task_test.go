@@ -1,0 +1,312 @@
+package promote_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
+	"github.com/lazymigrate/lazymigrate/promote"
+)
+
+func TestDecodePayload(t *testing.T) {
+	t.Parallel()
+	good, err := promote.DecodePayload([]byte(`{"table":"accounts","keys":[1,2,3]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if good.Table != "accounts" || len(good.Keys) != 3 {
+		t.Fatalf("decoded %+v", good)
+	}
+	for _, bad := range []string{
+		``, `null`, `[]`, `{"table":"accounts"}`, `{"keys":[1]}`,
+		`{"table":"accounts","keys":[]}`, `{"table":"accounts","keys":[-1]}`,
+		`{"table":"accounts","keys":[1.5]}`, `{"table":"accounts","keys":["1"]}`,
+		`{"table":"accounts","keys":[1],"extra":true}`, `{"table":"accounts","keys":[1]} {}`,
+		`{"table":"accounts","keys":[99999999999999999999]}`,
+	} {
+		_, err := promote.DecodePayload([]byte(bad))
+		if !errors.Is(err, promote.ErrBadPayload) || !errors.Is(err, asynq.SkipRetry) {
+			t.Errorf("DecodePayload(%q) = %v, want ErrBadPayload and SkipRetry", bad, err)
+		}
+	}
+}
+
+func FuzzDecodePayload(f *testing.F) {
+	f.Add([]byte(`{"table":"accounts","keys":[1,2,3]}`))
+	f.Add([]byte(`{"table":"","keys":[-1]}`))
+	f.Add([]byte(`{"table":"a","keys":[1]}garbage`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := promote.DecodePayload(b)
+		if err != nil {
+			if !errors.Is(err, promote.ErrBadPayload) {
+				t.Fatalf("error does not wrap ErrBadPayload: %v", err)
+			}
+			return
+		}
+		if p.Table == "" || len(p.Keys) == 0 || len(p.Keys) > promote.MaxTaskKeys {
+			t.Fatalf("accepted invalid payload %+v", p)
+		}
+		for _, k := range p.Keys {
+			if k < 0 {
+				t.Fatalf("accepted negative key %d", k)
+			}
+		}
+	})
+}
+
+// worker runs a real asynq server on a queue of its own for one test.
+type worker struct {
+	queue     string
+	client    *asynq.Client
+	inspector *asynq.Inspector
+}
+
+func startWorker(t *testing.T, rdb *redis.Client, h asynq.Handler) *worker {
+	t.Helper()
+	queue := "lmtest-" + testenv.Suffix()
+	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Queues:            map[string]int{queue: 1},
+		Concurrency:       4,
+		TaskCheckInterval: 20 * time.Millisecond,
+		RetryDelayFunc:    func(int, error, *asynq.Task) time.Duration { return 50 * time.Millisecond },
+		LogLevel:          asynq.FatalLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.Handle(promote.TaskType, h)
+	if err := srv.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	w := &worker{queue: queue, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		_ = w.inspector.DeleteQueue(queue, true)
+	})
+	return w
+}
+
+func TestHandlerArchivesBadPayloadWithoutRetry(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	rdb, _ := testenv.Redis(t)
+	reg := prometheus.NewRegistry()
+	h, err := promote.NewHandler([]*promote.Copier{b.copier}, &promote.HandlerConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, rdb, h)
+	task := asynq.NewTask(promote.TaskType, []byte(`{"table":"accounts","keys":[-5]}`))
+	if _, err := w.client.Enqueue(task, asynq.Queue(w.queue), asynq.MaxRetry(10)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "bad task archived", func() bool {
+		info, err := w.inspector.GetQueueInfo(w.queue)
+		return err == nil && info.Archived == 1
+	})
+	archived, err := w.inspector.ListArchivedTasks(w.queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(archived) != 1 || archived[0].Retried != 0 {
+		t.Fatalf("archived = %+v, want one task never retried", archived)
+	}
+	if got := metricValue(t, reg, "lazymigrate_promote_tasks_total", "outcome", "bad_payload"); got != 1 {
+		t.Fatalf("bad_payload tasks = %v, want 1", got)
+	}
+}
+
+// metricValue returns the counter name whose label has value, or 0.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func TestPromotionEndToEnd(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, nil)
+	rdb, _ := testenv.Redis(t)
+	reg := prometheus.NewRegistry()
+	h, err := promote.NewHandler([]*promote.Copier{b.copier}, &promote.HandlerConfig{
+		Settled:    map[string]promote.SettledChecker{"accounts": b.tracker},
+		Registerer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, rdb, h)
+	e, err := promote.NewEnqueuer(w.client, "accounts", &promote.EnqueuerConfig{Queue: w.queue, BatchSize: 7, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Stop)
+
+	var all []int64
+	for k := int64(1); k <= 100; k++ {
+		all = append(all, k)
+	}
+	if n := e.Schedule(all...); n != 100 {
+		t.Fatalf("Schedule accepted %d keys, want 100", n)
+	}
+	testenv.Eventually(t, 20*time.Second, "all OLD keys promoted", func() bool {
+		return len(rowsText(t, b.pair.New, "accounts")) == 90
+	})
+	if !mapsEqual(rowsText(t, b.pair.Old, "accounts"), rowsText(t, b.pair.New, "accounts")) {
+		t.Fatal("NEW differs from OLD after promotion")
+	}
+	testenv.Eventually(t, 10*time.Second, "keys in OLD marked settled", func() bool {
+		n, err := b.tracker.Count(ctx)
+		return err == nil && n == 90
+	})
+	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "enqueued"); got != 100 {
+		t.Fatalf("enqueued = %v, want 100", got)
+	}
+	testenv.Eventually(t, 10*time.Second, "handler counted the copies", func() bool {
+		return metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied") == 90
+	})
+
+	// A task for settled keys is skipped by the tracker check.
+	if n := e.Schedule(1); n != 0 {
+		t.Fatalf("Schedule(1) within the dedupe window accepted %d, want 0", n)
+	}
+}
+
+// A hot key missed by many concurrent requests is promoted once.
+func TestEnqueuerDeduplicatesHotKey(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	reg := prometheus.NewRegistry()
+	e, err := promote.NewEnqueuer(rec, "accounts", &promote.EnqueuerConfig{Registerer: reg, FlushInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 200 {
+		wg.Go(func() {
+			for range 5 {
+				e.Schedule(42)
+				time.Sleep(time.Millisecond) // spread the calls over many flushes
+			}
+		})
+	}
+	wg.Wait()
+	e.Stop()
+	e.Stop() // safe twice
+	if got := rec.keys(); len(got) != 1 || got[0] != 42 {
+		t.Fatalf("enqueued keys = %v, want [42] once", got)
+	}
+	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "deduplicated"); got != 999 {
+		t.Fatalf("deduplicated = %v, want 999", got)
+	}
+}
+
+func TestEnqueuerDropsWhenRedisFailsAndForgets(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{fail: true}
+	reg := prometheus.NewRegistry()
+	e, err := promote.NewEnqueuer(rec, "accounts", &promote.EnqueuerConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Schedule(1, 2, 3)
+	if err := e.Flush(context.Background()); err == nil {
+		t.Fatal("Flush with Redis failing: want an error")
+	}
+	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got != 3 {
+		t.Fatalf("dropped = %v, want 3", got)
+	}
+	// Dropped keys are forgotten, so the next miss schedules them again.
+	rec.setFail(false)
+	if n := e.Schedule(1, 2, 3); n != 3 {
+		t.Fatalf("re-Schedule after a drop accepted %d, want 3", n)
+	}
+	if err := e.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.keys(); len(got) != 3 {
+		t.Fatalf("enqueued %v, want 3 keys", got)
+	}
+}
+
+func TestEnqueuerCapsPending(t *testing.T) {
+	t.Parallel()
+	e, err := promote.NewEnqueuer(&recorder{}, "accounts", &promote.EnqueuerConfig{MaxPending: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := make([]int64, 25)
+	for i := range ks {
+		ks[i] = int64(i)
+	}
+	if n := e.Schedule(ks...); n != 10 {
+		t.Fatalf("Schedule accepted %d keys past MaxPending 10", n)
+	}
+}
+
+func TestNewEnqueuerRejectsBadConfig(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []promote.EnqueuerConfig{
+		{BatchSize: promote.MaxTaskKeys + 1}, {BatchSize: -1}, {FlushInterval: -time.Second}, {MaxPending: -1},
+	} {
+		if _, err := promote.NewEnqueuer(&recorder{}, "accounts", &cfg); err == nil {
+			t.Errorf("NewEnqueuer(%+v): want an error", cfg)
+		}
+	}
+	if _, err := promote.NewEnqueuer(&recorder{}, "", nil); err == nil {
+		t.Error("NewEnqueuer without a table: want an error")
+	}
+}
+
+// recorder stands in for the asynq client to inject enqueue failures; it
+// decodes what it is given exactly as a worker would.
+type recorder struct {
+	mu   sync.Mutex
+	fail bool
+	got  []int64
+}
+
+func (r *recorder) setFail(v bool) { r.mu.Lock(); r.fail = v; r.mu.Unlock() }
+
+func (r *recorder) keys() []int64 { r.mu.Lock(); defer r.mu.Unlock(); return append([]int64(nil), r.got...) }
+
+func (r *recorder) EnqueueContext(_ context.Context, task *asynq.Task, _ ...asynq.Option) (*asynq.TaskInfo, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail {
+		return nil, errors.New("redis: connection refused")
+	}
+	p, err := promote.DecodePayload(task.Payload())
+	if err != nil {
+		return nil, err
+	}
+	r.got = append(r.got, p.Keys...)
+	return &asynq.TaskInfo{}, nil
+}

@@ -295,7 +295,11 @@ type recorder struct {
 
 func (r *recorder) setFail(v bool) { r.mu.Lock(); r.fail = v; r.mu.Unlock() }
 
-func (r *recorder) keys() []int64 { r.mu.Lock(); defer r.mu.Unlock(); return append([]int64(nil), r.got...) }
+func (r *recorder) keys() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int64(nil), r.got...)
+}
 
 func (r *recorder) EnqueueContext(_ context.Context, task *asynq.Task, _ ...asynq.Option) (*asynq.TaskInfo, error) {
 	r.mu.Lock()

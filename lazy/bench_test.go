@@ -1,0 +1,203 @@
+package lazy_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
+	"github.com/lazymigrate/lazymigrate/lazy"
+	"github.com/lazymigrate/lazymigrate/promote"
+	"github.com/lazymigrate/lazymigrate/tracker"
+)
+
+// pair times a raw baseline and the lazymigrate call interleaved in one
+// loop, alternating which runs first, and reports both and their ratio:
+// noise between runs then hits both sides alike.
+func pair(b *testing.B, raw, lm func(i int) error) {
+	b.Helper()
+	var rawT, lmT time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		first, second := raw, lm
+		firstT, secondT := &rawT, &lmT
+		if i%2 == 1 {
+			first, second, firstT, secondT = lm, raw, &lmT, &rawT
+		}
+		t0 := time.Now()
+		if err := first(i); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := second(i); err != nil {
+			b.Fatal(err)
+		}
+		*firstT += t1.Sub(t0)
+		*secondT += time.Since(t1)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(rawT.Nanoseconds())/float64(b.N), "raw-ns/op")
+	b.ReportMetric(float64(lmT.Nanoseconds())/float64(b.N), "lazy-ns/op")
+	b.ReportMetric(float64(lmT)/float64(rawT), "ratio")
+}
+
+const benchRows = 200_000
+
+// BenchmarkGet compares Repo.Get with hand-written pgx on the same pools:
+//
+//   - Hit: a key in NEW, against the same query run with pgx alone.
+//   - Miss: a key only in OLD, against "query NEW, then query OLD". The
+//     repo also checks the tombstone and the tracker and schedules the
+//     promotion (enqueued to Redis in the background; no worker runs).
+func BenchmarkGet(b *testing.B) {
+	ctx := context.Background()
+	p := testenv.NewPair(b)
+	testenv.SeedAccounts(b, p.Old, 1, benchRows+1)
+	testenv.SeedAccounts(b, p.New, 1, benchRows/2+1) // keys up to benchRows/2 are migrated
+	p.Old.Exec(b, `VACUUM ANALYZE accounts`)
+	p.New.Exec(b, `VACUUM ANALYZE accounts`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		b.Fatal(err)
+	}
+	rdb, prefix := testenv.Redis(b)
+	tr, err := tracker.New(rdb, "accounts", &tracker.Config{Prefix: prefix})
+	if err != nil {
+		b.Fatal(err)
+	}
+	queue := "lmbench-" + testenv.Suffix()
+	enq, err := promote.NewEnqueuer(asynq.NewClientFromRedisClient(rdb), "accounts", &promote.EnqueuerConfig{Queue: queue})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := enq.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		enq.Stop()
+		_ = asynq.NewInspectorFromRedisClient(rdb).DeleteQueue(queue, true)
+	})
+	repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const q = `SELECT id, email, name, balance_cents, status, created_at, updated_at FROM accounts WHERE id = $1`
+	rawGet := func(db *pgxpool.Pool, key int64) (Account, error) {
+		rows, err := db.Query(ctx, q, key)
+		if err != nil {
+			return Account{}, err
+		}
+		return pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Account])
+	}
+
+	b.Run("Hit", func(b *testing.B) {
+		r := rand.New(rand.NewPCG(1, 2))
+		ks := make([]int64, b.N)
+		for i := range ks {
+			ks[i] = 1 + r.Int64N(benchRows/2)
+		}
+		pair(b,
+			func(i int) error { _, err := rawGet(p.New.Pool, ks[i]); return err },
+			func(i int) error { _, err := repo.Get(ctx, ks[i]); return err })
+	})
+
+	// A repo with a hand-written Scan against QueryRow().Scan into the same
+	// fields: lazymigrate's own cost, without pgx's struct mapping.
+	scanFields := func(row pgx.CollectableRow) (Account, error) {
+		var a Account
+		err := row.Scan(&a.ID, &a.Email, &a.Name, &a.BalanceCents, &a.Status, &a.CreatedAt, &a.UpdatedAt)
+		return a, err
+	}
+	fieldsRepo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq, Scan: scanFields})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("HitCustomScan", func(b *testing.B) {
+		r := rand.New(rand.NewPCG(3, 4))
+		ks := make([]int64, b.N)
+		for i := range ks {
+			ks[i] = 1 + r.Int64N(benchRows/2)
+		}
+		pair(b,
+			func(i int) error {
+				var a Account
+				return p.New.Pool.QueryRow(ctx, q, ks[i]).Scan(&a.ID, &a.Email, &a.Name, &a.BalanceCents, &a.Status, &a.CreatedAt, &a.UpdatedAt)
+			},
+			func(i int) error { _, err := fieldsRepo.Get(ctx, ks[i]); return err })
+	})
+
+	rawMiss := func(key int64) error {
+		if _, err := rawGet(p.New.Pool, key); !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		_, err := rawGet(p.Old.Pool, key)
+		return err
+	}
+	missKeys := func(b *testing.B, seed uint64) []int64 {
+		r := rand.New(rand.NewPCG(seed, seed+1))
+		ks := make([]int64, b.N)
+		for i := range ks {
+			ks[i] = benchRows/2 + 1 + r.Int64N(benchRows/2)
+		}
+		return ks
+	}
+	b.Run("Miss", func(b *testing.B) {
+		ks := missKeys(b, 5)
+		pair(b, func(i int) error { return rawMiss(ks[i]) }, func(i int) error { _, err := repo.Get(ctx, ks[i]); return err })
+	})
+
+	// Without a tracker the miss checks only the tombstone: what the
+	// tracker's Redis call costs on this machine.
+	noTracker, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Scheduler: enq})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("MissWithoutTracker", func(b *testing.B) {
+		ks := missKeys(b, 9)
+		pair(b, func(i int) error { return rawMiss(ks[i]) }, func(i int) error { _, err := noTracker.Get(ctx, ks[i]); return err })
+	})
+
+	b.Run("GetMany100", func(b *testing.B) {
+		r := rand.New(rand.NewPCG(7, 8))
+		batches := make([][]int64, b.N)
+		for i := range batches {
+			batches[i] = make([]int64, 100)
+			for j := range batches[i] {
+				batches[i][j] = 1 + r.Int64N(benchRows) // half hits, half misses
+			}
+		}
+		const qm = `SELECT id, email, name, balance_cents, status, created_at, updated_at FROM accounts WHERE id = ANY($1)`
+		rawMany := func(db *pgxpool.Pool, ks []int64) ([]Account, error) {
+			rows, err := db.Query(ctx, qm, ks)
+			if err != nil {
+				return nil, err
+			}
+			return pgx.CollectRows(rows, pgx.RowToStructByName[Account])
+		}
+		pair(b,
+			func(i int) error {
+				found, err := rawMany(p.New.Pool, batches[i])
+				if err != nil {
+					return err
+				}
+				have := make(map[int64]bool, len(found))
+				for _, a := range found {
+					have[a.ID] = true
+				}
+				var misses []int64
+				for _, k := range batches[i] {
+					if !have[k] {
+						misses = append(misses, k)
+					}
+				}
+				_, err = rawMany(p.Old.Pool, misses)
+				return err
+			},
+			func(i int) error { _, err := repo.GetMany(ctx, batches[i]); return err })
+	})
+}

@@ -1,0 +1,35 @@
+// Package promote copies records of one table forward from the OLD database
+// to the NEW one: the [Copier] that does the copy, and the asynq task,
+// [Enqueuer] and [Handler] that run it in the background after a read
+// misses NEW.
+//
+// # The copy
+//
+// [Copier.CopyKeys] and [Copier.CopyRange] read the current rows from OLD,
+// apply an optional [Transform], and insert them into NEW in one transaction
+// that
+//
+//   - takes the advisory locks of the keys' stripes (key >> StripeBits, in
+//     ascending order, so a 10k-key chunk holds about ten locks and two
+//     copies can never deadlock), serializing the copy with deletes;
+//   - inserts with ON CONFLICT DO NOTHING, so a row NEW already has (written
+//     by the application, or copied before) is never replaced;
+//   - skips keys with a tombstone, so a deleted key never comes back.
+//
+// After the commit the settled keys are marked in the tracker. A copy killed
+// at any point can simply run again: that is how asynq retries, the sweeper
+// and synchronous migration all stay idempotent.
+//
+// # Background promotion
+//
+// An [Enqueuer] takes keys from the read path without any I/O, deduplicates
+// them for a while (a hot key missed by a thousand requests is promoted
+// once) and enqueues them in batches, one asynq task per batch, so that
+// promotion throughput is not bound to one Redis round trip per key. The
+// [Handler] runs those tasks: it skips keys the tracker already knows are
+// settled and copies the rest. A malformed task fails at once without
+// retries; a failed copy is retried by asynq, and whatever is given up on is
+// left to the sweeper.
+//
+// Run [Setup] on NEW once (it is idempotent) before creating a Copier.
+package promote

@@ -467,3 +467,37 @@ func TestCopyReportsOldUnavailable(t *testing.T) {
 }
 
 var _ promote.Execer = pgx.Tx(nil)
+
+// Table and column names are quoted as identifiers everywhere: mixed case,
+// spaces, quotes and a schema of their own.
+func TestCopyQuotesIdentifiers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	const ddl = `CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema"."My ""Table""" ("Key" bigint PRIMARY KEY, "select" text, "Mixed Case" int)`
+	p.Old.Exec(t, ddl)
+	p.New.Exec(t, ddl)
+	p.Old.Exec(t, `INSERT INTO "Odd Schema"."My ""Table""" VALUES (1, 'a', 10), (2, 'b', 20)`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
+		Table: `"Odd Schema"."My ""Table"""`, KeyColumn: "Key",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp.TableID() != `Odd Schema.My "Table"` {
+		t.Fatalf("TableID = %q", cp.TableID())
+	}
+	if res, err := cp.CopyKeys(ctx, []int64{1}); err != nil || res.Copied != 1 {
+		t.Fatalf("CopyKeys = %+v, %v", res, err)
+	}
+	if res, err := cp.CopyRange(ctx, 0, 10); err != nil || res.Copied != 1 || res.Present != 1 {
+		t.Fatalf("CopyRange = %+v, %v", res, err)
+	}
+	var n int
+	if err := p.New.Pool.QueryRow(ctx, `SELECT sum("Mixed Case") FROM "Odd Schema"."My ""Table"""`).Scan(&n); err != nil || n != 30 {
+		t.Fatalf("NEW sum = %d, %v; want 30", n, err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
 	"github.com/lazymigrate/lazymigrate/promote"
+	"github.com/lazymigrate/lazymigrate/tracker"
 )
 
 func TestDecodePayload(t *testing.T) {
@@ -313,4 +314,60 @@ func (r *recorder) EnqueueContext(_ context.Context, task *asynq.Task, _ ...asyn
 	}
 	r.got = append(r.got, p.Keys...)
 	return &asynq.TaskInfo{}, nil
+}
+
+// Invariant 6 for tasks: the same promotion task run twice changes nothing
+// beyond the first run, with or without a tracker to skip settled keys, and
+// with a tracker that is down.
+func TestHandlerRunsTaskTwice(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, nil)
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	t.Cleanup(func() { _ = dead.Close() })
+	deadTracker, err := tracker.New(dead, "accounts", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := promote.NewTask("accounts", []int64{1, 2, 3, 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first map[int64]string
+	for _, tc := range []struct {
+		name    string
+		settled promote.SettledChecker
+	}{
+		{"WithTracker", b.tracker},
+		{"WithTrackerAgain", b.tracker},
+		{"WithoutTracker", nil},
+		{"WithTrackerDown", deadTracker},
+	} {
+		reg := prometheus.NewRegistry()
+		cfg := &promote.HandlerConfig{Registerer: reg}
+		if tc.settled != nil {
+			cfg.Settled = map[string]promote.SettledChecker{"accounts": tc.settled}
+		}
+		h, err := promote.NewHandler([]*promote.Copier{b.copier}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.ProcessTask(ctx, task); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got := rowsText(t, b.pair.New, "accounts")
+		if first == nil {
+			first = got
+			if len(first) != 3 {
+				t.Fatalf("first run copied %d rows, want 3", len(first))
+			}
+			continue
+		}
+		if !mapsEqual(got, first) {
+			t.Fatalf("%s: a second run changed NEW", tc.name)
+		}
+		if copied := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); copied != 0 {
+			t.Fatalf("%s: copied %v rows on a rerun", tc.name, copied)
+		}
+	}
 }

@@ -5,16 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazymigrate/lazymigrate/internal/keys"
@@ -36,11 +32,14 @@ type Marker interface {
 	MarkRange(ctx context.Context, lo, hi int64) error
 }
 
-// Row is one record by column name, as pgx decodes it.
+// Row is one record by column name. Values are as pgx decodes them, except
+// json and jsonb (json.RawMessage, exactly as stored) and types pgx does not
+// know, such as enums (their text form, a string).
 type Row map[string]any
 
 // Transform turns a row read from OLD (keyed by OLD's column names) into the
 // row to insert into NEW (keyed by NEW's column names). It must keep the key.
+// An error rejects the row (see ErrRowRejected).
 type Transform func(ctx context.Context, old Row) (Row, error)
 
 // Hooks let tests stop a copy at its dangerous moments. Production code
@@ -54,9 +53,20 @@ type Hooks struct {
 	AfterCommit func(ctx context.Context, keys []int64) error
 }
 
-// MaxRangeKeys bounds CopyRange: a range takes one advisory lock per stripe,
-// and the lock table is shared by the whole server.
-const MaxRangeKeys = 1 << 20
+// MaxRangeKeys bounds CopyRange: the rows of a range are held in memory.
+const MaxRangeKeys = 1 << 17
+
+// Errors returned by the copier. Test for them with errors.Is.
+var (
+	// ErrOldUnavailable wraps a failure to read OLD.
+	ErrOldUnavailable = errors.New("promote: OLD database unavailable")
+	// ErrNewUnavailable wraps a failure to reach NEW.
+	ErrNewUnavailable = errors.New("promote: NEW database unavailable")
+	// ErrRowRejected wraps a failure that is the data's fault, not the
+	// database's: NEW refused a row (a constraint, a value too long), or the
+	// Transform failed. Retrying the same rows cannot succeed.
+	ErrRowRejected = errors.New("promote: row rejected")
+)
 
 // CopierConfig configures a Copier.
 type CopierConfig struct {
@@ -65,7 +75,8 @@ type CopierConfig struct {
 	Table string
 	// OldTable is the table in OLD. Defaults to Table.
 	OldTable string
-	// KeyColumn is the integer key column, unique in NEW. Defaults to "id".
+	// KeyColumn is the integer key column: unique in NEW, and expected to be
+	// unique in OLD (a duplicate fails the copy). Defaults to "id".
 	KeyColumn string
 	// Columns are the NEW columns written; NEW fills the others with their
 	// defaults. Defaults to every column of NEW, each of which must exist in
@@ -75,8 +86,9 @@ type CopierConfig struct {
 	// Defaults to none: values are copied as Postgres's text form, exactly.
 	Transform Transform
 	// StripeBits sets the lock granularity: keys k and j share a lock when
-	// k>>StripeBits == j>>StripeBits. Every writer of the table must use the
-	// same value. Defaults to 10 (1024 keys a lock).
+	// k>>StripeBits == j>>StripeBits. It is recorded in NEW the first time,
+	// and a Copier with another value is refused. Defaults to 10 (1024 keys
+	// a lock); at most 40.
 	StripeBits uint
 	// Marker records settled keys after each commit. Defaults to none.
 	Marker Marker
@@ -106,19 +118,20 @@ func (r Result) Add(o Result) Result {
 }
 
 // Copier copies rows of one table from OLD to NEW, idempotently: it never
-// replaces a row NEW already has and never inserts a tombstoned key.
+// replaces a row NEW already has and never inserts a tombstoned key. It is
+// safe for concurrent use.
 type Copier struct {
 	old, new DB
 	cfg      CopierConfig
-	newTable *pgtable.Table
 	tableID  string
-	lockNS   int32
+	locks    lockSpace
 	cols     []pgtable.Column // NEW columns written, in insert order
+	oldCols  []pgtable.Column // OLD columns read
 	keyIdx   int              // index of the key column in cols
+	oldKey   int              // index of the key column in oldCols
 
-	selectSQL, selectRangeSQL string // OLD reads
-	insertSQL                 string // NEW insert from text arrays
-	lockSQL                   string
+	selectSQL, selectRangeSQL string
+	insertSQL                 string
 	tombSQL, tombRangeSQL     string
 
 	rows     *prometheus.CounterVec
@@ -128,7 +141,8 @@ type Copier struct {
 
 // NewCopier describes the tables in OLD and NEW and prepares the copy. It
 // fails when a table or column is missing, the key is not an integer column
-// unique in NEW, or lazymigrate's schema is not set up in NEW (see Setup).
+// unique in NEW, lazymigrate's schema is not set up in NEW (see Setup), or
+// the table is registered with another StripeBits.
 func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier, error) {
 	var c CopierConfig
 	if cfg != nil {
@@ -136,6 +150,11 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 	}
 	if c.Table == "" {
 		return nil, errors.New("promote: CopierConfig.Table is required")
+	}
+	if _, isTx := newDB.(pgx.Tx); isTx {
+		// The copier runs transactions of its own in NEW; inside the
+		// caller's, its COMMIT would commit the caller's work.
+		return nil, errors.New("promote: NewCopier needs a pool or connection for NEW, not a transaction")
 	}
 	c.OldTable = cmp.Or(c.OldTable, c.Table)
 	c.KeyColumn = cmp.Or(c.KeyColumn, "id")
@@ -162,8 +181,11 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 	if err != nil {
 		return nil, fmt.Errorf("promote: OLD: %w", err)
 	}
-	if err := checkSchema(ctx, newDB); err != nil {
-		return nil, err
+	if err := schema.Check(ctx, newDB); err != nil {
+		return nil, fmt.Errorf("promote: %w", err)
+	}
+	if err := schema.RegisterStripeBits(ctx, newDB, nt.ID, c.StripeBits); err != nil {
+		return nil, fmt.Errorf("promote: CopierConfig.StripeBits: %w", err)
 	}
 
 	if len(c.Columns) == 0 {
@@ -177,84 +199,27 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 	if keyIdx < 0 {
 		return nil, fmt.Errorf("promote: CopierConfig.Columns must include the key column %q", c.KeyColumn)
 	}
-	var oldCols []pgtable.Column
+	oldCols := ot.Columns // a transform sees the whole OLD row
 	if c.Transform == nil {
 		if oldCols, err = ot.Select(c.Columns); err != nil {
 			return nil, fmt.Errorf("promote: OLD %w; set CopierConfig.Columns or a Transform", err)
 		}
-	} else {
-		oldCols = ot.Columns // the transform sees the whole OLD row
 	}
 
 	cp := &Copier{
-		old: oldDB, new: newDB, cfg: c, newTable: nt, tableID: nt.ID,
-		lockNS: lockNamespace(nt.ID), keyIdx: keyIdx, log: c.Logger,
+		old: oldDB, new: newDB, cfg: c, tableID: nt.ID,
+		locks: newLockSpace(nt.ID, c.StripeBits), cols: cols, oldCols: oldCols, keyIdx: keyIdx,
+		oldKey: slices.IndexFunc(oldCols, func(col pgtable.Column) bool { return col.Name == c.KeyColumn }),
+		log:    c.Logger,
 	}
-	cp.buildSQL(ot, oldKey, oldCols, cols)
-	reg := c.Registerer
-	cp.rows = metrics.CounterVec(reg, "copy_rows_total",
+	cp.buildSQL(ot, nt, oldKey)
+	cp.rows = metrics.CounterVec(c.Registerer, "copy_rows_total",
 		"Keys handled by the copier, by outcome (copied, present, tombstoned, absent).", "table", "outcome").
 		MustCurryWith(prometheus.Labels{"table": c.Table})
-	cp.duration = metrics.HistogramVec(reg, "copy_batch_duration_seconds",
+	cp.duration = metrics.HistogramVec(c.Registerer, "copy_batch_duration_seconds",
 		"Time to copy one batch of keys from OLD to NEW, tracker marking included.", metrics.LatencyBuckets, "table").
 		WithLabelValues(c.Table)
 	return cp, nil
-}
-
-func checkSchema(ctx context.Context, db DB) error {
-	var ok bool
-	if err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, schema.Tombstones).Scan(&ok); err != nil {
-		return fmt.Errorf("promote: check lazymigrate schema in NEW: %w", err)
-	}
-	if !ok {
-		return errors.New("promote: NEW has no lazymigrate schema: run promote.Setup (or `sweeper init`) on NEW first")
-	}
-	return nil
-}
-
-func (c *Copier) buildSQL(ot *pgtable.Table, oldKey pgtable.Column, oldCols, cols []pgtable.Column) {
-	keyRef := oldKey.Ident()
-	// Without a transform, values travel as Postgres's own text form: exact
-	// for every type, including ones pgx does not know (enums, domains), and
-	// it lets NEW widen a type (integer -> bigint) through the cast below.
-	sel := make([]string, len(oldCols))
-	for i, col := range oldCols {
-		sel[i] = col.Ident()
-	}
-	c.selectSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = ANY($1::bigint[])`, strings.Join(sel, ", "), ot.Ident, keyRef)
-	c.selectRangeSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= $1 AND %s < $2`, strings.Join(sel, ", "), ot.Ident, keyRef, keyRef)
-
-	names := make([]string, len(cols))
-	arrays := make([]string, len(cols))
-	casts := make([]string, len(cols))
-	for i, col := range cols {
-		names[i] = col.Ident()
-		arrays[i] = fmt.Sprintf("$%d::text[]", i+1)
-		casts[i] = fmt.Sprintf("u.c%d::%s", i, col.Type)
-	}
-	aliases := make([]string, len(cols))
-	for i := range cols {
-		aliases[i] = fmt.Sprintf("c%d", i)
-	}
-	key := fmt.Sprintf("u.c%d::bigint", c.keyIdx)
-	// ORDER BY the key so that concurrent overlapping batches take index
-	// entries in the same order; the advisory locks already serialize them.
-	c.insertSQL = fmt.Sprintf(`INSERT INTO %s (%s)
-SELECT %s FROM unnest(%s) AS u(%s)
-WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.table_name = $%d AND t.key = %s)
-ORDER BY %s
-ON CONFLICT (%s) DO NOTHING
-RETURNING %s`,
-		c.newTable.Ident, strings.Join(names, ", "),
-		strings.Join(casts, ", "), strings.Join(arrays, ", "), strings.Join(aliases, ", "),
-		schema.Tombstones, len(cols)+1, key,
-		key,
-		cols[c.keyIdx].Ident(),
-		cols[c.keyIdx].Ident())
-	c.lockSQL = LockSQL
-	c.tombSQL = `SELECT key FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key = ANY($2::bigint[])`
-	c.tombRangeSQL = `SELECT key FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key >= $2 AND key < $3`
-	c.cols = cols
 }
 
 // Table returns the table name the copier was configured with; promotion
@@ -276,7 +241,7 @@ func (c *Copier) CopyKeys(ctx context.Context, ks []int64) (Result, error) {
 	if len(ks) == 0 {
 		return Result{}, nil
 	}
-	res, settled, err := c.copy(ctx, stripes(ks, c.cfg.StripeBits), c.selectSQL, []any{ks}, c.tombSQL, []any{c.tableID, ks})
+	res, settled, err := c.copy(ctx, c.selectSQL, []any{ks}, c.tombSQL, []any{c.tableID, ks})
 	if err != nil {
 		return res, err
 	}
@@ -297,7 +262,9 @@ func (c *Copier) CopyKeys(ctx context.Context, ks []int64) (Result, error) {
 
 // CopyRange copies every row of OLD with lo <= key < hi and marks the whole
 // range settled, keys absent from OLD included, so a finished range counts as
-// done. At most MaxRangeKeys keys per call.
+// done. That is only right while OLD receives no inserts except through
+// lazymigrate's mirroring, which is the premise of a migration. At most
+// MaxRangeKeys keys per call.
 func (c *Copier) CopyRange(ctx context.Context, lo, hi int64) (Result, error) {
 	if err := keys.CheckRange(lo, hi); err != nil {
 		return Result{}, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
@@ -308,11 +275,7 @@ func (c *Copier) CopyRange(ctx context.Context, lo, hi int64) (Result, error) {
 	if lo == hi {
 		return Result{}, nil
 	}
-	var locks []int32
-	for s := lo >> c.cfg.StripeBits; s <= (hi-1)>>c.cfg.StripeBits; s++ {
-		locks = append(locks, int32(s))
-	}
-	res, settled, err := c.copy(ctx, sortedLocks(locks), c.selectRangeSQL, []any{lo, hi}, c.tombRangeSQL, []any{c.tableID, lo, hi})
+	res, settled, err := c.copy(ctx, c.selectRangeSQL, []any{lo, hi}, c.tombRangeSQL, []any{c.tableID, lo, hi})
 	if err != nil {
 		return res, err
 	}
@@ -329,34 +292,32 @@ func (c *Copier) CopyRange(ctx context.Context, lo, hi int64) (Result, error) {
 	return res, nil
 }
 
-// copy runs one batch: read OLD, then in one NEW transaction lock the
-// stripes, insert what NEW lacks and list the tombstones. It returns the
-// counts but Absent, and the settled keys: every key read from OLD plus
-// every tombstoned key.
-func (c *Copier) copy(ctx context.Context, locks []int32, selSQL string, selArgs []any, tombSQL string, tombArgs []any) (Result, []int64, error) {
+// copy reads OLD, writes NEW and returns the counts (but Absent) and the
+// settled keys: every key read from OLD plus every tombstoned key.
+func (c *Copier) copy(ctx context.Context, selSQL string, selArgs []any, tombSQL string, tombArgs []any) (Result, []int64, error) {
 	start := time.Now()
 	defer func() { c.duration.Observe(time.Since(start).Seconds()) }()
 
-	oldKeys, arrays, err := c.readOld(ctx, selSQL, selArgs)
+	batch, err := c.readOld(ctx, selSQL, selArgs)
 	if err != nil {
 		return Result{}, nil, err
 	}
 	if h := c.cfg.Hooks.AfterRead; h != nil {
-		h(ctx, oldKeys)
+		h(ctx, batch.keys)
 	}
-	copied, tombstoned, err := c.writeNew(ctx, locks, arrays, tombSQL, tombArgs)
+	copied, tombstoned, err := c.writeNew(ctx, batch, tombSQL, tombArgs)
 	if err != nil {
 		return Result{}, nil, err
 	}
 
-	oldSet := make(map[int64]struct{}, len(oldKeys))
-	for _, k := range oldKeys {
-		oldSet[k] = struct{}{}
+	inOld := make(map[int64]struct{}, len(batch.keys))
+	for _, k := range batch.keys {
+		inOld[k] = struct{}{}
 	}
-	settled := oldKeys
+	settled := slices.Clone(batch.keys)
 	tombstonedInOld := 0
 	for _, k := range tombstoned {
-		if _, inOld := oldSet[k]; inOld {
+		if _, ok := inOld[k]; ok {
 			tombstonedInOld++
 		} else {
 			settled = append(settled, k)
@@ -364,176 +325,13 @@ func (c *Copier) copy(ctx context.Context, locks []int32, selSQL string, selArgs
 	}
 	res := Result{
 		Copied:     copied,
-		Present:    len(oldKeys) - copied - tombstonedInOld,
+		Present:    len(batch.keys) - copied - tombstonedInOld,
 		Tombstoned: len(tombstoned),
 	}
 	c.rows.WithLabelValues("copied").Add(float64(res.Copied))
 	c.rows.WithLabelValues("present").Add(float64(res.Present))
 	c.rows.WithLabelValues("tombstoned").Add(float64(res.Tombstoned))
 	return res, settled, nil
-}
-
-// readOld reads the rows and returns their keys and, per NEW column, the
-// values as text (nil for NULL), ready for the insert's unnest.
-func (c *Copier) readOld(ctx context.Context, sql string, args []any) ([]int64, [][]*string, error) {
-	if c.cfg.Transform != nil {
-		return c.readOldTransformed(ctx, sql, args)
-	}
-	rows, err := c.old.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
-	if err != nil {
-		return nil, nil, oldError(c.cfg.Table, err)
-	}
-	defer rows.Close()
-	arrays := make([][]*string, len(c.cols))
-	var ks []int64
-	for rows.Next() {
-		raw := rows.RawValues()
-		for i, v := range raw {
-			if v == nil {
-				arrays[i] = append(arrays[i], nil)
-				continue
-			}
-			s := string(v)
-			arrays[i] = append(arrays[i], &s)
-		}
-		k, err := strconv.ParseInt(string(raw[c.keyIdx]), 10, 64)
-		if err != nil {
-			return nil, nil, fmt.Errorf("promote: copy %s: key %q from OLD: %w", c.cfg.Table, raw[c.keyIdx], err)
-		}
-		ks = append(ks, k)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, oldError(c.cfg.Table, err)
-	}
-	return ks, arrays, nil
-}
-
-func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any) ([]int64, [][]*string, error) {
-	rows, err := c.old.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, nil, oldError(c.cfg.Table, err)
-	}
-	olds, err := pgx.CollectRows(rows, pgx.RowToMap)
-	if err != nil {
-		return nil, nil, oldError(c.cfg.Table, err)
-	}
-	m := pgtype.NewMap()
-	arrays := make([][]*string, len(c.cols))
-	ks := make([]int64, 0, len(olds))
-	for _, old := range olds {
-		oldKey, err := keyOf(old[c.cfg.KeyColumn])
-		if err != nil {
-			return nil, nil, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
-		}
-		row, err := c.cfg.Transform(ctx, Row(old))
-		if err != nil {
-			return nil, nil, fmt.Errorf("promote: copy %s: transform key %d: %w", c.cfg.Table, oldKey, err)
-		}
-		for i, col := range c.cols {
-			v, ok := row[col.Name]
-			if !ok {
-				return nil, nil, fmt.Errorf("promote: copy %s: transform of key %d returned no column %q", c.cfg.Table, oldKey, col.Name)
-			}
-			s, err := encodeText(m, col, v)
-			if err != nil {
-				return nil, nil, fmt.Errorf("promote: copy %s: transform of key %d: column %q: %w", c.cfg.Table, oldKey, col.Name, err)
-			}
-			arrays[i] = append(arrays[i], s)
-		}
-		newKey, err := keyOf(row[c.cfg.KeyColumn])
-		if err != nil || newKey != oldKey {
-			return nil, nil, fmt.Errorf("promote: copy %s: transform changed key %d to %v", c.cfg.Table, oldKey, row[c.cfg.KeyColumn])
-		}
-		ks = append(ks, oldKey)
-	}
-	return ks, arrays, nil
-}
-
-func keyOf(v any) (int64, error) {
-	switch k := v.(type) {
-	case int64:
-		return k, nil
-	case int32:
-		return int64(k), nil
-	case int16:
-		return int64(k), nil
-	case int:
-		return int64(k), nil
-	}
-	return 0, fmt.Errorf("key has type %T, want an integer", v)
-}
-
-// encodeText renders v in Postgres's text form for col's type.
-func encodeText(m *pgtype.Map, col pgtable.Column, v any) (*string, error) {
-	if v == nil {
-		return nil, nil
-	}
-	if s, ok := v.(string); ok {
-		return &s, nil
-	}
-	if _, known := m.TypeForOID(col.TypeOID); !known {
-		s := fmt.Sprint(v)
-		return &s, nil
-	}
-	buf, err := m.Encode(col.TypeOID, pgtype.TextFormatCode, v, nil)
-	if err != nil {
-		return nil, err
-	}
-	if buf == nil {
-		return nil, nil
-	}
-	s := string(buf)
-	return &s, nil
-}
-
-// writeNew runs lock, insert and tombstone lookup as one pipelined batch:
-// Postgres runs a batch as one implicit transaction, so the advisory locks
-// hold until the insert has committed, and each statement takes a fresh
-// snapshot after the locks, so a delete that committed while we waited is
-// seen by the tombstone check. One round trip.
-func (c *Copier) writeNew(ctx context.Context, locks []int32, arrays [][]*string, tombSQL string, tombArgs []any) (copied int, tombstoned []int64, err error) {
-	b := &pgx.Batch{}
-	b.Queue(c.lockSQL, c.lockNS, locks)
-	insertArgs := make([]any, 0, len(arrays)+1)
-	for _, a := range arrays {
-		insertArgs = append(insertArgs, a)
-	}
-	insertArgs = append(insertArgs, c.tableID)
-	if len(arrays[0]) > 0 {
-		b.Queue(c.insertSQL, insertArgs...)
-	}
-	b.Queue(tombSQL, tombArgs...)
-
-	br := c.new.SendBatch(ctx, b)
-	defer func() {
-		if cerr := br.Close(); cerr != nil && err == nil {
-			err = newError(c.cfg.Table, cerr)
-		}
-	}()
-	if _, err := br.Exec(); err != nil {
-		return 0, nil, newError(c.cfg.Table, err)
-	}
-	if len(arrays[0]) > 0 {
-		rows, err := br.Query()
-		if err != nil {
-			return 0, nil, newError(c.cfg.Table, err)
-		}
-		for rows.Next() {
-			copied++
-		}
-		if err := rows.Err(); err != nil {
-			return 0, nil, newError(c.cfg.Table, err)
-		}
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return 0, nil, newError(c.cfg.Table, err)
-	}
-	tombstoned, err = pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return 0, nil, newError(c.cfg.Table, err)
-	}
-	return copied, tombstoned, nil
 }
 
 func (c *Copier) afterCommit(ctx context.Context, settled []int64) error {
@@ -545,72 +343,20 @@ func (c *Copier) afterCommit(ctx context.Context, settled []int64) error {
 	return nil
 }
 
-// Execer runs a statement; pgx.Tx implements it.
-type Execer interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
-
-// LockKeys takes, inside the caller's NEW transaction, the advisory locks
-// that serialize changes of keys with copies of them. Writers that delete or
-// must not race a copy call it before touching the keys; the locks are held
-// until the transaction ends.
-func (c *Copier) LockKeys(ctx context.Context, tx Execer, ks []int64) error {
-	if err := keys.CheckAll(ks); err != nil {
-		return fmt.Errorf("promote: lock keys of %s: %w", c.cfg.Table, err)
-	}
-	if len(ks) == 0 {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, LockSQL, c.lockNS, stripes(keys.SortedUnique(ks), c.cfg.StripeBits)); err != nil {
-		return fmt.Errorf("promote: lock keys of %s: %w", c.cfg.Table, err)
-	}
-	return nil
-}
-
-// ErrOldUnavailable and ErrNewUnavailable wrap failures to read OLD or write
-// NEW, so callers can tell which side failed.
-var (
-	ErrOldUnavailable = errors.New("promote: OLD database unavailable")
-	ErrNewUnavailable = errors.New("promote: NEW database unavailable")
-)
-
 func oldError(table string, err error) error {
 	return fmt.Errorf("%w: read %s: %w", ErrOldUnavailable, table, err)
 }
 
+// newError classifies a failure to write NEW: a data error (SQLSTATE class
+// 22) or a constraint violation (class 23) is the rows' fault; a failure
+// with no SQLSTATE is the connection's.
 func newError(table string, err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if class := pgErr.Code[:2]; class == "22" || class == "23" {
+			return fmt.Errorf("%w: write %s to NEW: %w", ErrRowRejected, table, err)
+		}
 		return fmt.Errorf("promote: write %s to NEW: %w", table, err)
 	}
 	return fmt.Errorf("%w: write %s: %w", ErrNewUnavailable, table, err)
-}
-
-// LockSQL takes the transaction-level advisory locks of a table's stripes.
-// $1 is the table's lock namespace, $2 the stripes, sorted ascending: every
-// transaction locks in that order, so two can never wait on each other.
-const LockSQL = `SELECT count(pg_advisory_xact_lock($1::int4, s)) FROM unnest($2::int4[]) AS s`
-
-// lockNamespace is the first half of every advisory lock of a table.
-func lockNamespace(tableID string) int32 {
-	h := fnv.New32a()
-	h.Write([]byte("lazymigrate:" + tableID))
-	return int32(h.Sum32())
-}
-
-// stripes returns the sorted distinct lock ids of sorted keys.
-func stripes(ks []int64, bits uint) []int32 {
-	locks := make([]int32, 0, 4)
-	for _, k := range ks {
-		locks = append(locks, int32(k>>bits))
-	}
-	return sortedLocks(locks)
-}
-
-// sortedLocks sorts and dedupes lock ids. Stripes past 2^31 wrap onto
-// earlier ones, which only adds serialization; sorting after the wrap keeps
-// the global order that makes deadlock impossible.
-func sortedLocks(locks []int32) []int32 {
-	slices.Sort(locks)
-	return slices.Compact(locks)
 }

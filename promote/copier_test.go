@@ -100,7 +100,7 @@ func TestCopyKeysIsFaithful(t *testing.T) {
 			n      numeric(20,6), f float8, r real, b boolean,
 			ts     timestamptz, d date, iv interval,
 			j      jsonb, bin bytea, arr text[], m mood,
-			u      uuid, txt varchar(40), ip inet)`
+			u      uuid, txt varchar(40), ip inet, c char(3), bt bit(4))`
 	p.Old.Exec(t, oldDDL)
 	// NEW widens the key to bigint: the text path casts it.
 	p.New.Exec(t, `CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -109,15 +109,15 @@ func TestCopyKeysIsFaithful(t *testing.T) {
 			n      numeric(20,6), f float8, r real, b boolean,
 			ts     timestamptz, d date, iv interval,
 			j      jsonb, bin bytea, arr text[], m mood,
-			u      uuid, txt varchar(40), ip inet)`)
+			u      uuid, txt varchar(40), ip inet, c char(3), bt bit(4))`)
 	p.Old.Exec(t, `INSERT INTO things VALUES
 		(1, 12345678901234.123456, 0.1, 3.4028235e38, true,
 		 '2021-03-04 05:06:07.891011+02', '2020-02-29', '1 year 2 days 00:00:00.000001',
 		 '{"a": [1, 2.5, "x"], "b": null}', '\xdeadbeef00', '{"a,b","c\"d",NULL}', 'happy',
-		 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'naïve ✓', '10.0.0.1/8'),
-		(2, NULL, 'NaN', '-Infinity', NULL, 'infinity', NULL, NULL, NULL, NULL, '{}', NULL, NULL, '', NULL),
+		 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'naïve ✓', '10.0.0.1/8', 'ab', B'1010'),
+		(2, NULL, 'NaN', '-Infinity', NULL, 'infinity', NULL, NULL, NULL, NULL, '{}', NULL, NULL, '', NULL, NULL, NULL),
 		(3, -0.000001, -1.7976931348623157e308, 1e-45, false, '-infinity', '0001-01-01 BC', '-1 hour',
-		 '[]', '', '{{1,2},{3,4}}', 'sad', NULL, 'x''y', '::1')`)
+		 '[]', '', '{{1,2},{3,4}}', 'sad', NULL, 'x''y', '::1', 'xyz', B'0001')`)
 	if err := promote.Setup(ctx, p.New.Pool); err != nil {
 		t.Fatal(err)
 	}

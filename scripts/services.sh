@@ -2,21 +2,33 @@
 # scripts/services.sh makes PostgreSQL and Redis available for lazymigrate's
 # tests and prints, as its only stdout, the shell lines that point at them:
 #
-#   eval "$(scripts/services.sh)"    # sets LM_PG_URL and LM_REDIS_ADDR
+#   eval "$(scripts/services.sh)"    # sets LM_PG_URL, LM_REDIS_ADDR and
+#                                    # LM_REDIS_CLUSTER_ADDRS
 #
-# It is idempotent: when both servers already answer it only prints. Otherwise
+# It is idempotent: when all servers already answer it only prints. Otherwise
 # it starts (and if need be installs, from Debian's packages) a local
-# PostgreSQL cluster and a local Redis. Progress goes to stderr.
+# PostgreSQL cluster, a local Redis and a local 3-master Redis Cluster on
+# 127.0.0.1:7101-7103 (data in $TMPDIR/lazymigrate-redis-cluster). Progress
+# goes to stderr.
 #
 # Inputs (all optional):
-#   LM_PG_URL      a Postgres admin URL to use if it answers
-#   LM_REDIS_ADDR  a Redis host:port or redis:// URL to use if it answers
+#   LM_PG_URL               a Postgres admin URL to use if it answers
+#   LM_REDIS_ADDR           a Redis host:port or redis:// URL to use if it answers
+#   LM_REDIS_CLUSTER_ADDRS  comma-separated host:port seeds of a Redis Cluster
+#                           to use if every one reports cluster_state:ok
 set -euo pipefail
 
 readonly DEFAULT_PG_URL='postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable'
 readonly DEFAULT_REDIS_HOST=127.0.0.1
 readonly DEFAULT_REDIS_PORT=6379
 readonly WAIT_SECONDS=30
+readonly CLUSTER_HOST=127.0.0.1
+readonly CLUSTER_PORTS=(7101 7102 7103)
+readonly CLUSTER_DIR=${TMPDIR:-/tmp}/lazymigrate-redis-cluster
+# A failed master with slots is readmitted 2 node timeouts after it was marked
+# failed; 5 s (not Redis's 15 s) brings a restarted node back within
+# WAIT_SECONDS.
+readonly CLUSTER_NODE_TIMEOUT_MS=5000
 
 log() { printf 'services: %s\n' "$*" >&2; }
 die() {
@@ -276,12 +288,232 @@ ensure_redis() {
 	REDIS_ADDR=$default
 }
 
+# ------------------------------------------------------------ Redis Cluster
+
+# split_addr prints the host and the port of host:port or [v6]:port, one a
+# line.
+split_addr() {
+	local addr=$1
+	if [[ $addr == \[*\]:* ]]; then
+		local host=${addr%%]*}
+		printf '%s\n%s\n' "${host#[}" "${addr##*]:}"
+	elif [[ $addr == *:* && $addr != *:*:* ]]; then
+		printf '%s\n%s\n' "${addr%:*}" "${addr##*:}"
+	else
+		return 1
+	fi
+}
+
+# cluster_info prints CLUSTER INFO of the node at addr (host:port), and fails
+# unless addr is a cluster-enabled Redis.
+cluster_info() {
+	local parts out
+	mapfile -t parts < <(split_addr "$1") || return 1
+	[[ ${#parts[@]} -eq 2 ]] || return 1
+	# redis-cli exits 0 on an error reply ("cluster support disabled").
+	out=$(timeout 5 redis-cli -h "${parts[0]}" -p "${parts[1]}" cluster info 2>/dev/null) || return 1
+	[[ $out == *cluster_state:* ]] || return 1
+	printf '%s\n' "$out"
+}
+
+# cluster_field prints one field of CLUSTER INFO output (read from stdin).
+cluster_field() { tr -d '\r' | sed -n "s/^$1://p"; }
+
+# cluster_node_ok reports whether the node at addr says cluster_state:ok.
+cluster_node_ok() {
+	local info
+	info=$(cluster_info "$1") || return 1
+	[[ $(cluster_field cluster_state <<<"$info") == ok ]]
+}
+
+# cluster_ok reports whether every node of a comma-separated list says
+# cluster_state:ok.
+cluster_ok() {
+	local addr addrs
+	IFS=, read -ra addrs <<<"$1"
+	[[ ${#addrs[@]} -gt 0 ]] || return 1
+	for addr in "${addrs[@]}"; do
+		addr=${addr//[[:space:]]/}
+		[[ -n $addr ]] || continue
+		cluster_node_ok "$addr" || return 1
+	done
+}
+
+# cluster_formed reports whether every local node knows all the local nodes
+# and the cluster has assigned all 16384 slots among them: a cluster that is
+# merely waiting (e.g. for a restarted node to be readmitted), not one to
+# create.
+cluster_formed() {
+	local port info n=${#CLUSTER_PORTS[@]}
+	for port in "${CLUSTER_PORTS[@]}"; do
+		info=$(cluster_info "$CLUSTER_HOST:$port") || return 1
+		# Not cluster_size: a restarted node counts only the masters it
+		# has reached again.
+		[[ $(cluster_field cluster_known_nodes <<<"$info") == "$n" &&
+			$(cluster_field cluster_slots_assigned <<<"$info") == 16384 ]] || return 1
+	done
+}
+
+# cluster_blank reports whether every local node knows only itself and holds
+# no slots: nodes that `redis-cli --cluster create` accepts.
+cluster_blank() {
+	local port info
+	for port in "${CLUSTER_PORTS[@]}"; do
+		info=$(cluster_info "$CLUSTER_HOST:$port") || return 1
+		[[ $(cluster_field cluster_known_nodes <<<"$info") == 1 &&
+			$(cluster_field cluster_slots_assigned <<<"$info") == 0 ]] || return 1
+	done
+}
+
+# cluster_nodes_up reports whether every local node answers PING.
+cluster_nodes_up() {
+	local port
+	for port in "${CLUSTER_PORTS[@]}"; do
+		redis_ok "$CLUSTER_HOST:$port" || return 1
+	done
+}
+
+# start_cluster_node starts the cluster node on port unless something already
+# answers there, which must then be a cluster-enabled Redis.
+start_cluster_node() {
+	local port=$1 dir=$CLUSTER_DIR/$1
+	if redis_ok "$CLUSTER_HOST:$port"; then
+		cluster_info "$CLUSTER_HOST:$port" >/dev/null ||
+			die "$CLUSTER_HOST:$port answers PING but is not a Redis Cluster node (free the port or set LM_REDIS_CLUSTER_ADDRS)"
+		return 0
+	fi
+	mkdir -p "$dir" || die "cannot create $dir"
+	log "starting Redis Cluster node on $CLUSTER_HOST:$port (log: $dir/$port.log)"
+	# The daemon must not inherit the lock's descriptor: it would hold the
+	# lock for as long as it runs.
+	redis-server --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+		--cluster-node-timeout "$CLUSTER_NODE_TIMEOUT_MS" \
+		--port "$port" --bind "$CLUSTER_HOST" --save "" --appendonly no \
+		--daemonize yes --dir "$dir" --logfile "$dir/$port.log" >&2 {CLUSTER_LOCK_FD}>&- ||
+		die "redis-server failed to start on port $port (see $dir/$port.log)"
+}
+
+# start_cluster_nodes starts the nodes that are down and waits for all of
+# them to answer PING.
+start_cluster_nodes() {
+	local port
+	for port in "${CLUSTER_PORTS[@]}"; do
+		start_cluster_node "$port"
+	done
+	wait_until "every Redis Cluster node" cluster_nodes_up && return
+	for port in "${CLUSTER_PORTS[@]}"; do
+		if ! redis_ok "$CLUSTER_HOST:$port"; then
+			die "Redis Cluster node $CLUSTER_HOST:$port did not answer PING within ${WAIT_SECONDS}s; its log ends: $(tail -n 1 "$CLUSTER_DIR/$port/$port.log" 2>/dev/null)"
+		fi
+	done
+	die "Redis Cluster nodes did not all answer PING within ${WAIT_SECONDS}s (see $CLUSTER_DIR/*/*.log)"
+}
+
+# wipe_cluster shuts the local cluster nodes down and deletes their data and
+# cluster config files.
+wipe_cluster() {
+	local port
+	for port in "${CLUSTER_PORTS[@]}"; do
+		if cluster_info "$CLUSTER_HOST:$port" >/dev/null; then
+			timeout 5 redis-cli -h "$CLUSTER_HOST" -p "$port" shutdown nosave >/dev/null 2>&1 || true
+		fi
+	done
+	local deadline=$((SECONDS + WAIT_SECONDS))
+	for port in "${CLUSTER_PORTS[@]}"; do
+		while redis_ok "$CLUSTER_HOST:$port"; do
+			((SECONDS < deadline)) ||
+				die "Redis Cluster node on $CLUSTER_HOST:$port did not shut down within ${WAIT_SECONDS}s"
+			sleep 0.2
+		done
+	done
+	for port in "${CLUSTER_PORTS[@]}"; do
+		rm -rf "${CLUSTER_DIR:?}/$port"
+	done
+}
+
+# create_cluster assigns the slots of the blank local nodes.
+create_cluster() {
+	local port err nodes=()
+	for port in "${CLUSTER_PORTS[@]}"; do
+		nodes+=("$CLUSTER_HOST:$port")
+	done
+	log "creating Redis Cluster ${nodes[*]}"
+	if ! err=$(timeout "$WAIT_SECONDS" redis-cli --cluster create "${nodes[@]}" \
+		--cluster-replicas 0 --cluster-yes 2>&1 >/dev/null </dev/null); then
+		die "redis-cli --cluster create ${nodes[*]} failed: $(grep -m 1 -E 'ERR|\[ERR\]|rror' <<<"$err" || head -n 1 <<<"$err")"
+	fi
+}
+
+ensure_redis_cluster() {
+	ensure_redis_cli
+	local port default=''
+	for port in "${CLUSTER_PORTS[@]}"; do
+		default+=${default:+,}$CLUSTER_HOST:$port
+	done
+
+	if [[ -n ${LM_REDIS_CLUSTER_ADDRS:-} ]]; then
+		if cluster_ok "$LM_REDIS_CLUSTER_ADDRS"; then
+			REDIS_CLUSTER_ADDRS=$LM_REDIS_CLUSTER_ADDRS
+			log "Redis Cluster: using LM_REDIS_CLUSTER_ADDRS ($LM_REDIS_CLUSTER_ADDRS)"
+			return
+		fi
+		log "warning: LM_REDIS_CLUSTER_ADDRS ($LM_REDIS_CLUSTER_ADDRS) does not all report cluster_state:ok; falling back to $default"
+	fi
+	if cluster_ok "$default"; then
+		REDIS_CLUSTER_ADDRS=$default
+		log "Redis Cluster: already up at $default"
+		return
+	fi
+
+	command -v redis-server >/dev/null 2>&1 || apt_install redis-server redis-tools
+	mkdir -p "$CLUSTER_DIR" || die "cannot create $CLUSTER_DIR"
+	# Two runs at once (parallel `make test`) must not both create the
+	# cluster: the second waits here, then finds it up.
+	exec {CLUSTER_LOCK_FD}>"$CLUSTER_DIR/lock"
+	if command -v flock >/dev/null 2>&1; then
+		flock -w $((4 * WAIT_SECONDS)) "$CLUSTER_LOCK_FD" ||
+			die "another scripts/services.sh kept $CLUSTER_DIR/lock for $((4 * WAIT_SECONDS))s"
+	fi
+	if cluster_ok "$default"; then
+		REDIS_CLUSTER_ADDRS=$default
+		log "Redis Cluster: up at $default"
+		exec {CLUSTER_LOCK_FD}>&-
+		return
+	fi
+
+	start_cluster_nodes
+	if cluster_formed; then
+		# Restarted nodes rejoin from their nodes-<port>.conf.
+		log "Redis Cluster nodes know each other; waiting for cluster_state:ok"
+		if ! wait_until "Redis Cluster" cluster_ok "$default"; then
+			log "Redis Cluster did not reach cluster_state:ok within ${WAIT_SECONDS}s; recreating it"
+			wipe_cluster
+			start_cluster_nodes
+		fi
+	elif ! cluster_blank; then
+		log "Redis Cluster nodes have a stale or partial cluster config; recreating the cluster"
+		wipe_cluster
+		start_cluster_nodes
+	fi
+	if ! cluster_ok "$default"; then
+		if cluster_blank; then
+			create_cluster
+		fi
+		wait_until "Redis Cluster" cluster_ok "$default" ||
+			die "Redis Cluster $default did not reach cluster_state:ok within ${WAIT_SECONDS}s (see $CLUSTER_DIR/*/*.log)"
+	fi
+	exec {CLUSTER_LOCK_FD}>&-
+	REDIS_CLUSTER_ADDRS=$default
+}
+
 main() {
-	PG_URL='' REDIS_ADDR=''
+	PG_URL='' REDIS_ADDR='' REDIS_CLUSTER_ADDRS='' CLUSTER_LOCK_FD=''
 	ensure_postgres
 	ensure_redis
+	ensure_redis_cluster
 	printf 'export LM_PG_URL=%s\n' "$(shq "$PG_URL")"
 	printf 'export LM_REDIS_ADDR=%s\n' "$(shq "$REDIS_ADDR")"
+	printf 'export LM_REDIS_CLUSTER_ADDRS=%s\n' "$(shq "$REDIS_CLUSTER_ADDRS")"
 }
 
 main "$@"

@@ -47,8 +47,15 @@ type Table struct {
 type Column struct {
 	Name string
 	// Type is the column's type as format_type prints it, with its type
-	// modifier (e.g. "character varying(40)"), ready to use in a cast.
-	Type       string
+	// modifier (e.g. "character varying(40)").
+	Type string
+	// BaseType names the type without its modifier, by its catalog name
+	// (pg_catalog.bpchar, pg_catalog."varchar", public.mood). Cast to it,
+	// not to Type, and let the INSERT's assignment apply the modifier: an
+	// explicit cast to varchar(5) silently truncates where an assignment
+	// fails. (The SQL spelling format_type prints without a modifier is no
+	// good either: "character" means char(1).)
+	BaseType   string
 	TypeOID    uint32
 	NotNull    bool
 	HasDefault bool
@@ -87,16 +94,19 @@ func Describe(ctx context.Context, q Querier, name string) (*Table, error) {
 	t.Ident = pgx.Identifier{nsp, rel}.Sanitize()
 
 	rows, err := q.Query(ctx, `
-		SELECT attname, format_type(atttypid, atttypmod), atttypid, attnotnull, atthasdef, attnum
-		FROM pg_attribute
-		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
-		ORDER BY attnum`, t.oid)
+		SELECT a.attname, format_type(a.atttypid, a.atttypmod), quote_ident(n.nspname) || '.' || quote_ident(t.typname),
+		       a.atttypid, a.attnotnull, a.atthasdef, a.attnum
+		FROM pg_attribute a
+		JOIN pg_type t ON t.oid = a.atttypid
+		JOIN pg_namespace n ON n.oid = t.typnamespace
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		ORDER BY a.attnum`, t.oid)
 	if err != nil {
 		return nil, fmt.Errorf("describe columns of %s: %w", t.ID, err)
 	}
 	t.Columns, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Column, error) {
 		var c Column
-		err := r.Scan(&c.Name, &c.Type, &c.TypeOID, &c.NotNull, &c.HasDefault, &c.num)
+		err := r.Scan(&c.Name, &c.Type, &c.BaseType, &c.TypeOID, &c.NotNull, &c.HasDefault, &c.num)
 		return c, err
 	})
 	if err != nil {

@@ -1,9 +1,11 @@
 // Package schema owns the objects lazymigrate keeps in the NEW database (the
-// "lazymigrate" schema and its tombstone table) and creates them idempotently.
+// "lazymigrate" schema, its tombstone table and its table registry) and
+// creates them idempotently.
 package schema
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +15,13 @@ import (
 // key) says the key was deleted through lazymigrate and must never be copied
 // into NEW again. table_name is pgtable.Table.ID.
 const Tombstones = `lazymigrate.tombstones`
+
+// Tables is the quoted name of the registry of migrated tables: settings
+// every process must agree on, such as the lock stripe width.
+const Tables = `lazymigrate.tables`
+
+// ErrNotSetUp is returned when lazymigrate's objects are missing from NEW.
+var ErrNotSetUp = errors.New("lazymigrate schema is not set up in NEW: run promote.Setup (or `sweeper init`) on NEW first")
 
 // setupLock serializes concurrent Setup calls: CREATE ... IF NOT EXISTS is
 // not safe against itself running in parallel.
@@ -26,11 +35,21 @@ var statements = []string{
 		deleted_at timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (table_name, key)
 	)`,
+	`CREATE TABLE IF NOT EXISTS lazymigrate.tables (
+		table_name    text        PRIMARY KEY,
+		stripe_bits   integer     NOT NULL,
+		registered_at timestamptz NOT NULL DEFAULT now()
+	)`,
 }
 
 // Beginner starts transactions; *pgxpool.Pool and *pgx.Conn implement it.
 type Beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// Querier runs a query returning one row.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // Setup creates lazymigrate's schema and tables in db if they are missing. It
@@ -51,6 +70,44 @@ func Setup(ctx context.Context, db Beginner) error {
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("setup lazymigrate schema: %w", err)
+	}
+	return nil
+}
+
+// Check returns an error wrapping ErrNotSetUp unless every object Setup
+// creates exists in db.
+func Check(ctx context.Context, db Querier) error {
+	var ok bool
+	err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`, Tombstones, Tables).Scan(&ok)
+	if err != nil {
+		return fmt.Errorf("check lazymigrate schema in NEW: %w", err)
+	}
+	if !ok {
+		return ErrNotSetUp
+	}
+	return nil
+}
+
+// RegisterStripeBits records the lock stripe width of table (a
+// pgtable.Table.ID) the first time it is seen, and returns an error if it
+// was registered with another width: writers locking different stripes for
+// the same key would not exclude each other.
+func RegisterStripeBits(ctx context.Context, db Querier, table string, bits uint) error {
+	var got int
+	err := db.QueryRow(ctx, `
+		WITH ins AS (
+			INSERT INTO lazymigrate.tables (table_name, stripe_bits) VALUES ($1, $2)
+			ON CONFLICT (table_name) DO NOTHING
+			RETURNING stripe_bits)
+		SELECT stripe_bits FROM ins
+		UNION ALL
+		SELECT stripe_bits FROM lazymigrate.tables WHERE table_name = $1
+		LIMIT 1`, table, int(bits)).Scan(&got)
+	if err != nil {
+		return fmt.Errorf("register %s in lazymigrate.tables: %w", table, err)
+	}
+	if got != int(bits) {
+		return fmt.Errorf("table %s is registered with StripeBits %d, not %d: every process must lock the same stripes (change it in lazymigrate.tables only when nothing runs)", table, got, bits)
 	}
 	return nil
 }

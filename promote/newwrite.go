@@ -1,0 +1,123 @@
+package promote
+
+import (
+	"context"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// lockAndPin takes a group's advisory locks and fixes, for the
+// transaction, the settings that change how NEW parses the text read from
+// OLD (see pinOutput).
+const lockAndPin = `SELECT set_config('DateStyle', 'ISO, YMD', true), set_config('IntervalStyle', 'postgres', true),
+	set_config('lc_monetary', 'C', true),
+	(SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l)`
+
+// group is the rows of one NEW transaction: their locks and, per column,
+// their values.
+type group struct {
+	locks  []int64
+	arrays [][]*string
+}
+
+// groups splits rows into transactions of at most MaxLocksPerTx locks,
+// taken in ascending order across and within transactions.
+func (c *Copier) groups(rows oldRows) []group {
+	ids := make([]int64, len(rows.keys))
+	for i, k := range rows.keys {
+		ids[i] = c.locks.id(k)
+	}
+	sorted := slices.Clone(ids)
+	slices.Sort(sorted)
+	sorted = slices.Compact(sorted)
+	var gs []group
+	of := make(map[int64]int, len(sorted))
+	for chunk := range slices.Chunk(sorted, MaxLocksPerTx) {
+		for _, id := range chunk {
+			of[id] = len(gs)
+		}
+		gs = append(gs, group{locks: chunk, arrays: make([][]*string, len(c.cols))})
+	}
+	for i, vals := range rows.vals {
+		g := &gs[of[ids[i]]]
+		for j, v := range vals {
+			g.arrays[j] = append(g.arrays[j], v)
+		}
+	}
+	return gs
+}
+
+// writeNew inserts rows into NEW and lists the tombstones tombSQL finds, in
+// one round trip: one pipelined batch holding, per group of stripes, a
+// READ COMMITTED transaction that locks the stripes and inserts what NEW
+// lacks, skipping tombstoned keys and keys NEW already has.
+//
+// READ COMMITTED is spelled out, whatever NEW's default: each statement then
+// takes its snapshot after the locks are granted, so the tombstone check
+// sees a delete that committed while the copy waited for the lock. Under
+// REPEATABLE READ the snapshot would predate the wait and the deleted key
+// would come back.
+func (c *Copier) writeNew(ctx context.Context, rows oldRows, tombSQL string, tombArgs []any) (copied int, tombstoned []int64, err error) {
+	gs := c.groups(rows)
+	b := &pgx.Batch{}
+	for _, g := range gs {
+		b.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
+		b.Queue(lockAndPin, g.locks)
+		args := make([]any, 0, len(g.arrays)+1)
+		for _, a := range g.arrays {
+			args = append(args, a)
+		}
+		b.Queue(c.insertSQL, append(args, c.tableID)...)
+		b.Queue(`COMMIT`)
+	}
+	b.Queue(tombSQL, tombArgs...)
+
+	br := c.new.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); cerr != nil && err == nil {
+			err = newError(c.cfg.Table, cerr)
+		}
+		if err != nil && len(gs) > 0 {
+			c.rollback(ctx)
+		}
+	}()
+	for range gs {
+		if _, err := br.Exec(); err != nil {
+			return 0, nil, newError(c.cfg.Table, err)
+		}
+		if _, err := br.Exec(); err != nil {
+			return 0, nil, newError(c.cfg.Table, err)
+		}
+		ins, err := br.Query()
+		if err != nil {
+			return 0, nil, newError(c.cfg.Table, err)
+		}
+		for ins.Next() {
+			copied++
+		}
+		if err := ins.Err(); err != nil {
+			return 0, nil, newError(c.cfg.Table, err)
+		}
+		if _, err := br.Exec(); err != nil {
+			return 0, nil, newError(c.cfg.Table, err)
+		}
+	}
+	tombRows, err := br.Query()
+	if err != nil {
+		return 0, nil, newError(c.cfg.Table, err)
+	}
+	if tombstoned, err = pgx.CollectRows(tombRows, pgx.RowTo[int64]); err != nil {
+		return 0, nil, newError(c.cfg.Table, err)
+	}
+	return copied, tombstoned, nil
+}
+
+// rollback ends a transaction a failed batch left open. A pool already
+// discards such a connection; a single *pgx.Conn would otherwise stay in
+// the aborted transaction.
+func (c *Copier) rollback(ctx context.Context) {
+	b := &pgx.Batch{}
+	b.Queue(`ROLLBACK`)
+	_ = c.new.SendBatch(context.WithoutCancel(ctx), b).Close()
+}

@@ -1,0 +1,242 @@
+package promote
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/lazymigrate/lazymigrate/internal/pgtable"
+	"github.com/lazymigrate/lazymigrate/internal/schema"
+)
+
+// pinOutput fixes, for the read's transaction only, every setting that
+// changes how Postgres prints a value, so that the text read from OLD means
+// the same to NEW whatever either server's defaults are: ISO dates (a
+// "SQL, DMY" OLD would print 01/02/2024 for February 1st), exact floats
+// (servers before Postgres 12 round them by default), hex bytea, and money
+// in the C locale.
+const pinOutput = `SELECT set_config('DateStyle', 'ISO, YMD', true), set_config('IntervalStyle', 'postgres', true),
+	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true),
+	set_config('lc_monetary', 'C', true), set_config('TimeZone', 'UTC', true)`
+
+// oldRows are rows read from OLD, ready for NEW: per row its key and its
+// value for each NEW column in Postgres's text form (nil for NULL).
+type oldRows struct {
+	keys []int64
+	vals [][]*string
+}
+
+func (c *Copier) buildSQL(ot, nt *pgtable.Table, oldKey pgtable.Column) {
+	keyRef := oldKey.Ident()
+	sel := make([]string, len(c.oldCols))
+	for i, col := range c.oldCols {
+		if c.cfg.Transform == nil {
+			sel[i] = col.Ident() + "::text"
+		} else {
+			sel[i] = col.Ident()
+		}
+	}
+	list := strings.Join(sel, ", ")
+	c.selectSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = ANY($1::bigint[])`, list, ot.Ident, keyRef)
+	c.selectRangeSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= $1 AND %s < $2`, list, ot.Ident, keyRef, keyRef)
+
+	names := make([]string, len(c.cols))
+	arrays := make([]string, len(c.cols))
+	casts := make([]string, len(c.cols))
+	aliases := make([]string, len(c.cols))
+	for i, col := range c.cols {
+		names[i] = col.Ident()
+		arrays[i] = fmt.Sprintf("$%d::text[]", i+1)
+		// The base type, not the declared one: the INSERT's assignment then
+		// applies the modifier and fails on a value too long, where a cast
+		// to varchar(5) would silently cut it.
+		casts[i] = fmt.Sprintf("u.c%d::%s", i, col.BaseType)
+		aliases[i] = fmt.Sprintf("c%d", i)
+	}
+	key := fmt.Sprintf("u.c%d::bigint", c.keyIdx)
+	// ORDER BY the key so that concurrent overlapping batches take index
+	// entries in the same order; the advisory locks already serialize them.
+	c.insertSQL = fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT %s FROM unnest(%s) AS u(%s)
+WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.table_name = $%d AND t.key = %s)
+ORDER BY %s
+ON CONFLICT (%s) DO NOTHING
+RETURNING %s`,
+		nt.Ident, strings.Join(names, ", "),
+		strings.Join(casts, ", "), strings.Join(arrays, ", "), strings.Join(aliases, ", "),
+		schema.Tombstones, len(c.cols)+1, key,
+		key,
+		c.cols[c.keyIdx].Ident(),
+		c.cols[c.keyIdx].Ident())
+	c.tombSQL = `SELECT key FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key = ANY($2::bigint[])`
+	c.tombRangeSQL = `SELECT key FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key >= $2 AND key < $3`
+}
+
+// readOld reads the rows sql selects from OLD.
+func (c *Copier) readOld(ctx context.Context, sql string, args []any) (oldRows, error) {
+	if c.cfg.Transform != nil {
+		return c.readOldTransformed(ctx, sql, args)
+	}
+	b := &pgx.Batch{}
+	b.Queue(pinOutput)
+	b.Queue(sql, args...)
+	br := c.old.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return oldRows{}, oldError(c.cfg.Table, err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return oldRows{}, oldError(c.cfg.Table, err)
+	}
+	defer rows.Close()
+	var out oldRows
+	seen := map[int64]struct{}{}
+	for rows.Next() {
+		raw := rows.RawValues()
+		vals := make([]*string, len(raw))
+		for i, v := range raw {
+			if v != nil {
+				s := string(v)
+				vals[i] = &s
+			}
+		}
+		k, err := strconv.ParseInt(string(raw[c.keyIdx]), 10, 64)
+		if err != nil {
+			return oldRows{}, fmt.Errorf("promote: copy %s: key %q read from OLD: %w", c.cfg.Table, raw[c.keyIdx], err)
+		}
+		if err := c.add(&out, seen, k, vals); err != nil {
+			return oldRows{}, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return oldRows{}, oldError(c.cfg.Table, err)
+	}
+	if err := br.Close(); err != nil {
+		return oldRows{}, oldError(c.cfg.Table, err)
+	}
+	return out, nil
+}
+
+// add appends a row, refusing a key OLD returned twice: which of the two
+// would reach NEW would be chance.
+func (c *Copier) add(out *oldRows, seen map[int64]struct{}, k int64, vals []*string) error {
+	if _, dup := seen[k]; dup {
+		return fmt.Errorf("promote: copy %s: OLD holds key %d more than once; the key column must be unique", c.cfg.Table, k)
+	}
+	seen[k] = struct{}{}
+	out.keys = append(out.keys, k)
+	out.vals = append(out.vals, vals)
+	return nil
+}
+
+// readOldTransformed reads whole OLD rows, passes each through the
+// Transform and renders the result in text form for NEW. Values pgx would
+// change on the way (json numbers past 2^53, json key order) or cannot
+// decode (enums and other types it does not know) are read as text instead.
+func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any) (oldRows, error) {
+	m := pgtype.NewMap()
+	formats := make(pgx.QueryResultFormats, len(c.oldCols))
+	for i, col := range c.oldCols {
+		formats[i] = pgx.BinaryFormatCode
+		if _, known := m.TypeForOID(col.TypeOID); !known || col.TypeOID == pgtype.JSONOID || col.TypeOID == pgtype.JSONBOID {
+			formats[i] = pgx.TextFormatCode
+		}
+	}
+	rows, err := c.old.Query(ctx, sql, append([]any{formats}, args...)...)
+	if err != nil {
+		return oldRows{}, oldError(c.cfg.Table, err)
+	}
+	defer rows.Close()
+	var out oldRows
+	seen := map[int64]struct{}{}
+	for rows.Next() {
+		values, err := rows.Values()
+		if err != nil {
+			return oldRows{}, oldError(c.cfg.Table, err)
+		}
+		raw := rows.RawValues()
+		old := make(Row, len(c.oldCols))
+		for i, col := range c.oldCols {
+			switch {
+			case raw[i] == nil:
+				old[col.Name] = nil
+			case col.TypeOID == pgtype.JSONOID || col.TypeOID == pgtype.JSONBOID:
+				old[col.Name] = json.RawMessage(string(raw[i]))
+			case formats[i] == pgx.TextFormatCode:
+				old[col.Name] = string(raw[i])
+			default:
+				old[col.Name] = values[i]
+			}
+		}
+		k, err := keyOf(old[c.cfg.KeyColumn])
+		if err != nil {
+			return oldRows{}, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
+		}
+		row, err := c.cfg.Transform(ctx, old)
+		if err != nil {
+			return oldRows{}, fmt.Errorf("%w: copy %s: transform of key %d: %w", ErrRowRejected, c.cfg.Table, k, err)
+		}
+		vals := make([]*string, len(c.cols))
+		for i, col := range c.cols {
+			v, ok := row[col.Name]
+			if !ok {
+				return oldRows{}, fmt.Errorf("%w: copy %s: transform of key %d returned no column %q", ErrRowRejected, c.cfg.Table, k, col.Name)
+			}
+			if vals[i], err = encodeText(m, col, v); err != nil {
+				return oldRows{}, fmt.Errorf("%w: copy %s: transform of key %d: column %q: %w", ErrRowRejected, c.cfg.Table, k, col.Name, err)
+			}
+		}
+		if nk, err := keyOf(row[c.cfg.KeyColumn]); err != nil || nk != k {
+			return oldRows{}, fmt.Errorf("%w: copy %s: transform changed key %d to %v", ErrRowRejected, c.cfg.Table, k, row[c.cfg.KeyColumn])
+		}
+		if err := c.add(&out, seen, k, vals); err != nil {
+			return oldRows{}, err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return oldRows{}, oldError(c.cfg.Table, err)
+	}
+	return out, nil
+}
+
+func keyOf(v any) (int64, error) {
+	switch k := v.(type) {
+	case int64:
+		return k, nil
+	case int32:
+		return int64(k), nil
+	case int16:
+		return int64(k), nil
+	case int:
+		return int64(k), nil
+	}
+	return 0, fmt.Errorf("key has type %T, want an integer", v)
+}
+
+// encodeText renders v in Postgres's text form for col's type.
+func encodeText(m *pgtype.Map, col pgtable.Column, v any) (*string, error) {
+	switch v := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		return &v, nil
+	case json.RawMessage:
+		s := string(v)
+		return &s, nil
+	}
+	if _, known := m.TypeForOID(col.TypeOID); !known {
+		return nil, fmt.Errorf("type %s is unknown to pgx: return its value as a string in Postgres's text form", col.Type)
+	}
+	buf, err := m.Encode(col.TypeOID, pgtype.TextFormatCode, v, nil)
+	if err != nil || buf == nil {
+		return nil, err
+	}
+	s := string(buf)
+	return &s, nil
+}

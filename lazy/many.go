@@ -1,0 +1,137 @@
+package lazy
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/lazymigrate/lazymigrate/internal/keys"
+)
+
+// GetMany returns the records of keys that exist, by key, with one NEW query
+// and, for the keys NEW lacks, one OLD query. Keys found in OLD are
+// scheduled for promotion. If OLD cannot be read and some keys are
+// unresolved, the error wraps ErrOldUnavailable and the map holds the keys
+// that were found.
+func (r *Repo[T]) GetMany(ctx context.Context, ks []int64) (map[int64]T, error) {
+	start := time.Now()
+	out, err := r.getMany(ctx, ks)
+	outcome := "batch"
+	if err != nil {
+		outcome = "error"
+	}
+	r.duration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	return out, err
+}
+
+func (r *Repo[T]) getMany(ctx context.Context, ks []int64) (map[int64]T, error) {
+	if err := keys.CheckAll(ks); err != nil {
+		r.reads.WithLabelValues("error").Inc()
+		return nil, fmt.Errorf("lazy: get %s: %w", r.cfg.Table, err)
+	}
+	ks = keys.SortedUnique(ks)
+	out := make(map[int64]T, len(ks))
+	if len(ks) == 0 {
+		return out, nil
+	}
+	if err := queryKeyed(ctx, r.new, r.newManySQL, ks, r.cfg.Scan, out); err != nil {
+		r.reads.WithLabelValues("error").Add(float64(len(ks)))
+		return nil, r.manyErr(ErrNewUnavailable, len(ks), err)
+	}
+	r.reads.WithLabelValues("new").Add(float64(len(out)))
+	misses := make([]int64, 0, len(ks)-len(out))
+	for _, k := range ks {
+		if _, ok := out[k]; !ok {
+			misses = append(misses, k)
+		}
+	}
+	if len(misses) == 0 {
+		return out, nil
+	}
+
+	tombc := make(chan result[[]int64], 1)
+	go func() {
+		rows, err := r.new.Query(ctx, r.tombsSQL, r.tableID, misses)
+		if err != nil {
+			tombc <- result[[]int64]{nil, err}
+			return
+		}
+		tombs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		tombc <- result[[]int64]{tombs, err}
+	}()
+	bits := askTracker(ctx, r, func(ctx context.Context) ([]bool, error) { return r.cfg.Tracker.Settled(ctx, misses) })
+	found := make(map[int64]T, len(misses))
+	oldErr := queryKeyed(ctx, r.old, r.oldManySQL, misses, r.cfg.ScanOld, found)
+
+	tombs := <-tombc
+	if tombs.err != nil {
+		bits.cancel()
+		r.reads.WithLabelValues("error").Add(float64(len(misses)))
+		return out, r.manyErr(ErrNewUnavailable, len(misses), tombs.err)
+	}
+	gone := make(map[int64]bool, len(tombs.v))
+	for _, k := range tombs.v {
+		gone[k] = true
+	}
+	// Settled keys without a tombstone are either gone or were promoted
+	// since NEW was read; one more NEW query tells which (see fallback).
+	var recheck []int64
+	if settled, ok := awaitTracker(ctx, r, bits); ok {
+		for i, k := range misses {
+			if settled[i] && !gone[k] {
+				recheck = append(recheck, k)
+				gone[k] = true
+			}
+		}
+	}
+	if len(recheck) > 0 {
+		before := len(out)
+		if err := queryKeyed(ctx, r.new, r.newManySQL, recheck, r.cfg.Scan, out); err != nil {
+			r.reads.WithLabelValues("error").Add(float64(len(misses)))
+			return out, r.manyErr(ErrNewUnavailable, len(recheck), err)
+		}
+		r.reads.WithLabelValues("new").Add(float64(len(out) - before))
+	}
+	if isScanError(oldErr) {
+		r.reads.WithLabelValues("error").Add(float64(len(misses)))
+		return out, oldErr
+	}
+
+	var promote []int64
+	notFound, unresolved := 0, 0
+	for _, k := range misses {
+		v, inOld := found[k]
+		switch {
+		case gone[k]:
+			if _, promoted := out[k]; !promoted {
+				notFound++
+			}
+		case oldErr != nil:
+			unresolved++
+		case inOld:
+			out[k] = v
+			promote = append(promote, k)
+		default:
+			notFound++
+		}
+	}
+	r.reads.WithLabelValues("not_found").Add(float64(notFound))
+	r.reads.WithLabelValues("old").Add(float64(len(promote)))
+	if len(promote) > 0 && r.cfg.Scheduler != nil {
+		r.cfg.Scheduler.Schedule(promote...)
+	}
+	if unresolved > 0 {
+		r.reads.WithLabelValues("error").Add(float64(unresolved))
+		return out, fmt.Errorf("%w: get %s: %d keys unresolved: %w", ErrOldUnavailable, r.cfg.Table, unresolved, oldErr)
+	}
+	return out, nil
+}
+
+func (r *Repo[T]) manyErr(sentinel error, n int, err error) error {
+	if isScanError(err) {
+		return err
+	}
+	return fmt.Errorf("%w: get %d keys of %s: %w", sentinel, n, r.cfg.Table, err)
+}

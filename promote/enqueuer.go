@@ -53,6 +53,11 @@ type EnqueuerConfig struct {
 	Registerer prometheus.Registerer
 }
 
+// promotionsHelp describes lazymigrate_promotions_total, which the Enqueuer
+// and the Handler share: one text, or the registry would refuse the second.
+const promotionsHelp = "Keys through the promotion pipeline, by outcome: enqueued, deduplicated or dropped when scheduled; " +
+	"settled (skipped), copied, present, tombstoned, absent or rejected when handled."
+
 // Enqueuer schedules promotion of keys of one table. Schedule never touches
 // the network: keys are deduplicated and batched in memory and a background
 // loop enqueues one asynq task per batch, so a read that misses NEW pays no
@@ -70,6 +75,7 @@ type Enqueuer struct {
 
 	stopOnce sync.Once
 	started  bool
+	stopped  bool // under mu: Schedule refuses keys once set
 	cancel   context.CancelFunc
 	done     chan struct{}
 
@@ -119,16 +125,16 @@ func NewEnqueuer(client TaskEnqueuer, table string, cfg *EnqueuerConfig) (*Enque
 		done:   make(chan struct{}),
 		log:    c.Logger,
 	}
-	e.outcomes = metrics.CounterVec(c.Registerer, "promotions_total",
-		"Keys through the promotion pipeline, by outcome: enqueued, deduplicated or dropped when scheduled; copied, present, tombstoned, absent or settled when handled.",
+	e.outcomes = metrics.CounterVec(c.Registerer, "promotions_total", promotionsHelp,
 		"table", "outcome").MustCurryWith(prometheus.Labels{"table": table})
 	return e, nil
 }
 
 // Schedule asks for keys to be promoted and returns how many were accepted.
 // Keys scheduled within DedupeWindow are skipped; when MaxPending keys are
-// waiting, the rest are dropped. It does no I/O and never blocks on the
-// network. Negative keys are ignored; callers validate keys before reading.
+// waiting, or once Stop has been called, the rest are dropped (and
+// counted). It does no I/O and never blocks on the network. Negative keys
+// are ignored; callers validate keys before reading.
 func (e *Enqueuer) Schedule(ks ...int64) int {
 	now := time.Now()
 	accepted, dup, dropped := 0, 0, 0
@@ -137,6 +143,8 @@ func (e *Enqueuer) Schedule(ks ...int64) int {
 		switch {
 		case k < 0:
 			continue
+		case e.stopped:
+			dropped++
 		case e.recent.has(k, now):
 			dup++
 		case len(e.pending) >= e.cfg.MaxPending:
@@ -179,13 +187,15 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop ends the loop after enqueuing what is pending (waiting at most 5
-// seconds for Redis). It is safe to call more than once, and before Start.
+// Stop ends the loop after enqueuing what is pending, waiting at most
+// flushTimeout for Redis; keys scheduled afterwards are dropped. It is safe
+// to call more than once, and before Start.
 func (e *Enqueuer) Stop() {
 	e.stopOnce.Do(func() {
 		e.mu.Lock()
 		started := e.started
 		e.started = true // a Start after Stop must not run
+		e.stopped = true
 		e.mu.Unlock()
 		if !started {
 			return
@@ -195,21 +205,31 @@ func (e *Enqueuer) Stop() {
 	})
 }
 
+// flushTimeout bounds one flush: a Redis that hangs must not hold Stop, or
+// the keys behind the flush, forever.
+const flushTimeout = 5 * time.Second
+
+// run enqueues pending keys until ctx ends. ctx is only the stop signal:
+// each flush runs under a context of its own, so that stopping never
+// cancels a flush half done and drops the keys it had taken.
 func (e *Enqueuer) run(ctx context.Context) {
 	defer close(e.done)
 	t := time.NewTicker(e.cfg.FlushInterval)
 	defer t.Stop()
+	flush := func() {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
+		defer cancel()
+		_ = e.Flush(fctx)
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_ = e.Flush(final)
-			cancel()
+			flush()
 			return
 		case <-t.C:
 		case <-e.wake:
 		}
-		_ = e.Flush(ctx)
+		flush()
 	}
 }
 
@@ -287,9 +307,16 @@ func (w *window) forget(ks []int64) {
 }
 
 func (w *window) maybeRotate(now time.Time) {
-	if now.Sub(w.rotated) < w.ttl/2 && len(w.cur) < w.max/2 {
+	age := now.Sub(w.rotated)
+	switch {
+	case age >= w.ttl:
+		// Idle for a whole window: everything remembered is older than it.
+		clear(w.prev)
+		clear(w.cur)
+	case age >= w.ttl/2 || len(w.cur) >= w.max/2:
+		w.prev, w.cur = w.cur, make(map[int64]struct{}, len(w.cur))
+	default:
 		return
 	}
-	w.prev, w.cur = w.cur, make(map[int64]struct{}, len(w.cur))
 	w.rotated = now
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lazymigrate/lazymigrate/internal/keys"
 	"github.com/lazymigrate/lazymigrate/internal/metrics"
 )
 
@@ -63,10 +64,9 @@ func NewHandler(copiers []*Copier, cfg *HandlerConfig) (*Handler, error) {
 		h.log = slog.New(slog.DiscardHandler)
 	}
 	h.tasks = metrics.CounterVec(c.Registerer, "promote_tasks_total",
-		"Promotion tasks handled, by outcome: ok, error (retried by asynq) or bad_payload (archived at once).",
+		"Promotion tasks handled, by outcome: ok, error (retried by asynq), rejected (rows NEW refused; archived) or bad_payload (archived at once).",
 		"table", "outcome")
-	h.outcomes = metrics.CounterVec(c.Registerer, "promotions_total",
-		"Keys through the promotion pipeline, by outcome: enqueued, deduplicated or dropped when scheduled; copied, present, tombstoned, absent or settled when handled.",
+	h.outcomes = metrics.CounterVec(c.Registerer, "promotions_total", promotionsHelp,
 		"table", "outcome")
 	return h, nil
 }
@@ -74,7 +74,10 @@ func NewHandler(copiers []*Copier, cfg *HandlerConfig) (*Handler, error) {
 // ProcessTask promotes the keys a task carries. A malformed payload returns
 // an error wrapping ErrBadPayload and asynq.SkipRetry; a database or Redis
 // failure returns an error asynq retries, which is safe: the copy is
-// idempotent.
+// idempotent. Rows NEW rejects (or the Transform fails on) are isolated by
+// halving the batch, so one bad row does not hold back the others: the rest
+// are copied, and the task fails without retry with an error wrapping
+// ErrRowRejected that names the rejected keys.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	p, err := DecodePayload(t.Payload())
 	if err != nil {
@@ -89,7 +92,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.tasks.WithLabelValues(p.Table, "error").Inc()
 		return fmt.Errorf("promote: no copier for table %q on this worker", p.Table)
 	}
-	res, skipped, err := h.promote(ctx, cp, p.Keys)
+	res, skipped, rejected, err := h.promote(ctx, cp, p.Keys)
 	if err != nil {
 		h.tasks.WithLabelValues(p.Table, "error").Inc()
 		return err
@@ -100,12 +103,54 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	out.WithLabelValues("present").Add(float64(res.Present))
 	out.WithLabelValues("tombstoned").Add(float64(res.Tombstoned))
 	out.WithLabelValues("absent").Add(float64(res.Absent))
+	out.WithLabelValues("rejected").Add(float64(len(rejected)))
+	if len(rejected) > 0 {
+		h.tasks.WithLabelValues(p.Table, "rejected").Inc()
+		ks := make([]int64, len(rejected))
+		for i, r := range rejected {
+			ks[i] = r.key
+			h.log.ErrorContext(ctx, "lazymigrate: row rejected by NEW; fix the data or the schema, then the sweeper copies it",
+				"table", p.Table, "key", r.key, "error", r.err)
+		}
+		return fmt.Errorf("promote %s: %d of %d keys rejected %v, first: %w: %w", p.Table, len(ks), len(p.Keys), ks, rejected[0].err, asynq.SkipRetry)
+	}
 	h.tasks.WithLabelValues(p.Table, "ok").Inc()
 	return nil
 }
 
+type rejection struct {
+	key int64
+	err error
+}
+
+// copyIsolating copies ks; when rows are rejected it halves the batch until
+// each rejected key stands alone, and copies the others. A batch that fails
+// partway may have committed some of its transactions: the halves then find
+// those rows present, which is what makes halving safe.
+func copyIsolating(ctx context.Context, cp *Copier, ks []int64) (Result, []rejection, error) {
+	res, err := cp.CopyKeys(ctx, ks)
+	switch {
+	case err == nil:
+		return res, nil, nil
+	case !errors.Is(err, ErrRowRejected):
+		return Result{}, nil, err
+	case len(ks) == 1:
+		return Result{}, []rejection{{ks[0], err}}, nil
+	}
+	mid := len(ks) / 2
+	r1, rej1, err := copyIsolating(ctx, cp, ks[:mid])
+	if err != nil {
+		return Result{}, nil, err
+	}
+	r2, rej2, err := copyIsolating(ctx, cp, ks[mid:])
+	if err != nil {
+		return Result{}, nil, err
+	}
+	return r1.Add(r2), append(rej1, rej2...), nil
+}
+
 // promote copies the keys that are not settled yet; skipped counts the rest.
-func (h *Handler) promote(ctx context.Context, cp *Copier, ks []int64) (res Result, skipped int, err error) {
+func (h *Handler) promote(ctx context.Context, cp *Copier, ks []int64) (res Result, skipped int, rejected []rejection, err error) {
 	if sc := h.settled[cp.Table()]; sc != nil {
 		done, err := sc.Settled(ctx, ks)
 		if err != nil {
@@ -122,6 +167,6 @@ func (h *Handler) promote(ctx context.Context, cp *Copier, ks []int64) (res Resu
 			skipped, ks = len(ks)-len(todo), todo
 		}
 	}
-	res, err = cp.CopyKeys(ctx, ks)
-	return res, skipped, err
+	res, rejected, err = copyIsolating(ctx, cp, keys.SortedUnique(ks))
+	return res, skipped, rejected, err
 }

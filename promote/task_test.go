@@ -3,6 +3,7 @@ package promote_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -289,9 +290,10 @@ func TestNewEnqueuerRejectsBadConfig(t *testing.T) {
 // recorder stands in for the asynq client to inject enqueue failures; it
 // decodes what it is given exactly as a worker would.
 type recorder struct {
-	mu   sync.Mutex
-	fail bool
-	got  []int64
+	mu    sync.Mutex
+	fail  bool
+	delay time.Duration // per enqueue, to let Stop land mid-flush
+	got   []int64
 }
 
 func (r *recorder) setFail(v bool) { r.mu.Lock(); r.fail = v; r.mu.Unlock() }
@@ -302,7 +304,14 @@ func (r *recorder) keys() []int64 {
 	return append([]int64(nil), r.got...)
 }
 
-func (r *recorder) EnqueueContext(_ context.Context, task *asynq.Task, _ ...asynq.Option) (*asynq.TaskInfo, error) {
+func (r *recorder) EnqueueContext(ctx context.Context, task *asynq.Task, _ ...asynq.Option) (*asynq.TaskInfo, error) {
+	if r.delay > 0 {
+		select {
+		case <-time.After(r.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail {
@@ -369,5 +378,121 @@ func TestHandlerRunsTaskTwice(t *testing.T) {
 		if copied := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); copied != 0 {
 			t.Fatalf("%s: copied %v rows on a rerun", tc.name, copied)
 		}
+	}
+}
+
+// Stop must finish the flush it interrupts: the keys a flush has taken are
+// enqueued, not dropped.
+func TestEnqueuerStopFinishesFlushUnderWay(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{delay: 20 * time.Millisecond}
+	e, err := promote.NewEnqueuer(rec, "accounts", &promote.EnqueuerConfig{BatchSize: 10, FlushInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ks := make([]int64, 200)
+	for i := range ks {
+		ks[i] = int64(i)
+	}
+	e.Schedule(ks...) // a full batch wakes the loop: 20 tasks of 20ms each
+	testenv.Eventually(t, 5*time.Second, "the flush started", func() bool { return len(rec.keys()) > 0 })
+	e.Stop()
+	if got := len(rec.keys()); got != 200 {
+		t.Fatalf("enqueued %d of 200 accepted keys", got)
+	}
+}
+
+func TestEnqueuerRefusesKeysAfterStop(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	reg := prometheus.NewRegistry()
+	e, err := promote.NewEnqueuer(rec, "accounts", &promote.EnqueuerConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.Stop()
+	if n := e.Schedule(1, 2, 3); n != 0 {
+		t.Fatalf("Schedule after Stop accepted %d keys that will never be enqueued", n)
+	}
+	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got != 3 {
+		t.Fatalf("dropped = %v, want 3", got)
+	}
+}
+
+// A key scheduled longer than a window ago is scheduled again, even after
+// an idle period.
+func TestEnqueuerForgetsAfterIdleWindow(t *testing.T) {
+	t.Parallel()
+	e, err := promote.NewEnqueuer(&recorder{}, "accounts", &promote.EnqueuerConfig{DedupeWindow: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Schedule(42); n != 1 {
+		t.Fatalf("first Schedule accepted %d", n)
+	}
+	if n := e.Schedule(42); n != 0 {
+		t.Fatalf("Schedule within the window accepted %d", n)
+	}
+	time.Sleep(120 * time.Millisecond) // the window is what is under test
+	if n := e.Schedule(42); n != 1 {
+		t.Fatal("a key scheduled more than a window ago was still deduplicated")
+	}
+}
+
+// One row NEW refuses must not hold back the others in its task: the
+// handler isolates it, copies the rest, and fails the task without retry,
+// naming the rejected keys.
+func TestHandlerIsolatesRejectedRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	p.Old.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s text)`)
+	p.New.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s varchar(5))`)
+	p.Old.Exec(t, `INSERT INTO t SELECT i, CASE WHEN i IN (7, 13) THEN 'much too long' ELSE 'ok' END FROM generate_series(1, 20) i`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{Table: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	h, err := promote.NewHandler([]*promote.Copier{cp}, &promote.HandlerConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := make([]int64, 20)
+	for i := range ks {
+		ks[i] = int64(i + 1)
+	}
+	task, err := promote.NewTask("t", ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.ProcessTask(ctx, task)
+	if !errors.Is(err, promote.ErrRowRejected) || !errors.Is(err, asynq.SkipRetry) {
+		t.Fatalf("err = %v, want ErrRowRejected and SkipRetry", err)
+	}
+	if !strings.Contains(err.Error(), "[7 13]") {
+		t.Fatalf("error does not name the rejected keys: %v", err)
+	}
+	got := rowsText(t, p.New, "t")
+	if len(got) != 18 {
+		t.Fatalf("NEW holds %d rows, want the 18 that fit", len(got))
+	}
+	if _, ok := got[7]; ok {
+		t.Fatal("rejected key 7 is in NEW")
+	}
+	if n := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "rejected"); n != 2 {
+		t.Fatalf("rejected = %v, want 2", n)
+	}
+	if n := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); n != 18 {
+		t.Fatalf("copied = %v, want 18", n)
 	}
 }

@@ -36,9 +36,10 @@ help: ## list the targets (the default)
 	@grep -E '^[a-zA-Z_/-]+:.*## ' $(THIS_MAKEFILE) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
-services: ## make Postgres and Redis available (starts or installs them) and print where they are
+services: ## make Postgres, Redis and a local Redis Cluster available (starts or installs them) and print where they are
 	@$(WITH_SERVICES) echo "LM_PG_URL=$$LM_PG_URL" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' && \
 		echo "LM_REDIS_ADDR=$$LM_REDIS_ADDR" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' && \
+		echo "LM_REDIS_CLUSTER_ADDRS=$$LM_REDIS_CLUSTER_ADDRS" && \
 		echo 'Use them in a shell with: eval "$$(scripts/services.sh)"'
 
 test: ## vet, then run all tests with -race against real Postgres and Redis

@@ -6,17 +6,23 @@
 // # The copy
 //
 // [Copier.CopyKeys] and [Copier.CopyRange] read the current rows from OLD,
-// apply an optional [Transform], and insert them into NEW in one transaction
-// that
+// apply an optional [Transform], and insert them into NEW in READ COMMITTED
+// transactions (one per group of at most [MaxLocksPerTx] lock stripes, all
+// sent in one round trip) that
 //
-//   - takes the advisory locks of the keys' stripes (key >> StripeBits, in
-//     ascending order, so a 10k-key chunk holds about ten locks and two
-//     copies can never deadlock), serializing the copy with deletes;
-//   - inserts with ON CONFLICT DO NOTHING, so a row NEW already has (written
+//   - take the advisory locks of the keys' stripes (key >> StripeBits, in
+//     ascending order, so a dense 10k-key chunk holds about ten locks and
+//     two copies can never deadlock), serializing the copy with deletes;
+//   - insert with ON CONFLICT DO NOTHING, so a row NEW already has (written
 //     by the application, or copied before) is never replaced;
-//   - skips keys with a tombstone, so a deleted key never comes back.
+//   - skip keys with a tombstone, so a deleted key never comes back.
 //
-// After the commit the settled keys are marked in the tracker. A copy killed
+// Values travel in Postgres's own text form, read and parsed under pinned
+// session settings, so a copy is exact whatever either server's DateStyle,
+// float or bytea settings are, and a value too long for NEW fails with
+// [ErrRowRejected] rather than being cut.
+//
+// After the commits the settled keys are marked in the tracker. A copy killed
 // at any point can simply run again: that is how asynq retries, the sweeper
 // and synchronous migration all stay idempotent.
 //
@@ -27,7 +33,8 @@
 // once) and enqueues them in batches, one asynq task per batch, so that
 // promotion throughput is not bound to one Redis round trip per key. The
 // [Handler] runs those tasks: it skips keys the tracker already knows are
-// settled and copies the rest. A malformed task fails at once without
+// settled and copies the rest, isolating any row NEW rejects so that it
+// does not hold back the others. A malformed task fails at once without
 // retries; a failed copy is retried by asynq, and whatever is given up on is
 // left to the sweeper.
 //

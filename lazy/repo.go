@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazymigrate/lazymigrate/internal/keys"
@@ -35,17 +37,21 @@ var (
 	ErrNewUnavailable = promote.ErrNewUnavailable
 )
 
-// DB is the part of pgx a Repo reads with. *pgxpool.Pool implements it.
+// DB is the part of pgx a Repo uses. *pgxpool.Pool implements it; writes
+// need NEW to be one.
 type DB interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
-// Tracker tells which keys are settled in NEW. *tracker.Tracker implements
-// it.
+// Tracker tells which keys are settled in NEW, and learns of keys writes
+// settle. *tracker.Tracker implements it.
 type Tracker interface {
 	IsSettled(ctx context.Context, key int64) (bool, error)
 	Settled(ctx context.Context, keys []int64) ([]bool, error)
+	Mark(ctx context.Context, keys []int64) (int, error)
 }
 
 // Scheduler schedules promotion of keys without blocking.
@@ -87,10 +93,41 @@ type Config[T any] struct {
 	// it and the tracker is not waited for again for a second. Defaults to
 	// 50ms.
 	TrackerTimeout time.Duration
+	// Copier is the table's promote.Copier. Writes need it: Update and
+	// Migrate promote through it, and Delete takes its lock stripes.
+	// Defaults to none: the write methods return ErrNoWrites.
+	Copier *promote.Copier
+	// Encode turns a record into its column values for writes. Defaults to
+	// the mapping reads use: for each column, the struct field whose db tag
+	// names it, or else whose name matches it ignoring case and underscores.
+	Encode func(rec T) (map[string]any, error)
+	// DisableMirror stops writes from being applied to OLD. Mirroring is on
+	// by default, so that reads can be rolled back to OLD at any moment.
+	DisableMirror bool
+	// ReverseTransform turns a NEW row into the OLD row to mirror, when the
+	// schemas differ; it is required then. It receives the NEW row's values
+	// in Postgres's text form (strings, or nil for NULL) and returns the
+	// values of Config.OldColumns (Go values, or strings in text form).
+	// Defaults to none: each OLD column takes the NEW column of its name.
+	ReverseTransform func(ctx context.Context, newRow promote.Row) (promote.Row, error)
+	// Reconciler enqueues a reconcile task when a write cannot be mirrored
+	// (OLD down): a *asynq.Client. Defaults to none: the relay reconciles
+	// the key after RelayDelay.
+	Reconciler promote.TaskEnqueuer
+	// ReconcileQueue is the asynq queue of reconcile tasks. Defaults to
+	// "lazymigrate".
+	ReconcileQueue string
+	// RelayDelay is how old an outbox entry must be before the relay
+	// reconciles its key: longer than a write takes to mirror itself.
+	// Defaults to 10 seconds.
+	RelayDelay time.Duration
+	// RelayInterval is how often RunRelay looks for such entries. Defaults
+	// to 1 second.
+	RelayInterval time.Duration
 	// Logger defaults to discarding.
 	Logger *slog.Logger
-	// Registerer receives lazymigrate_reads_total and
-	// lazymigrate_read_duration_seconds. Defaults to none.
+	// Registerer receives the read, write and mirror metrics. Defaults to
+	// none.
 	Registerer prometheus.Registerer
 }
 
@@ -109,6 +146,14 @@ type Repo[T any] struct {
 	tombsSQL   string
 
 	trackerDownUntil atomic.Int64 // unix nanos
+
+	w  *writes[T]     // nil without Config.Copier
+	bg sync.WaitGroup // background completion of writes
+
+	writesTotal    *prometheus.CounterVec
+	writeDuration  prometheus.ObserverVec
+	mirrorTotal    *prometheus.CounterVec
+	reconcileTotal *prometheus.CounterVec
 
 	reads    *prometheus.CounterVec
 	duration prometheus.ObserverVec
@@ -138,8 +183,11 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	c.OldTable = cmp.Or(c.OldTable, c.Table)
 	c.KeyColumn = cmp.Or(c.KeyColumn, "id")
 	c.TrackerTimeout = cmp.Or(c.TrackerTimeout, 50*time.Millisecond)
-	if c.TrackerTimeout < 0 {
-		return nil, errors.New("lazy: Config.TrackerTimeout must not be negative")
+	c.ReconcileQueue = cmp.Or(c.ReconcileQueue, "lazymigrate")
+	c.RelayDelay = cmp.Or(c.RelayDelay, 10*time.Second)
+	c.RelayInterval = cmp.Or(c.RelayInterval, time.Second)
+	if c.TrackerTimeout < 0 || c.RelayDelay < 0 || c.RelayInterval < 0 {
+		return nil, errors.New("lazy: Config.TrackerTimeout, RelayDelay and RelayInterval must not be negative")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -187,12 +235,29 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	if err := schema.Check(ctx, newDB); err != nil {
 		return nil, fmt.Errorf("lazy: %w", err)
 	}
+	if c.Copier != nil {
+		if r.w, err = newWrites(&c, newDB, nt, ot, newCols, oldCols, c.KeyColumn); err != nil {
+			return nil, err
+		}
+	}
 
 	r.reads = metrics.CounterVec(c.Registerer, "reads_total",
 		"Keys read through lazymigrate, by outcome: new (served by NEW), old (served by OLD, promotion scheduled), not_found, error.",
 		"table", "outcome").MustCurryWith(prometheus.Labels{"table": c.Table})
 	r.duration = metrics.HistogramVec(c.Registerer, "read_duration_seconds",
 		"Latency of Get (per key) and GetMany (per call, outcome batch).", metrics.LatencyBuckets,
+		"table", "outcome").MustCurryWith(prometheus.Labels{"table": c.Table})
+	r.writesTotal = metrics.CounterVec(c.Registerer, "writes_total",
+		"Writes through lazymigrate, by operation (put, update, delete) and outcome (ok, error).",
+		"table", "op", "outcome").MustCurryWith(prometheus.Labels{"table": c.Table})
+	r.writeDuration = metrics.HistogramVec(c.Registerer, "write_duration_seconds",
+		"Latency of writes, mirror to OLD included.", metrics.LatencyBuckets,
+		"table", "op").MustCurryWith(prometheus.Labels{"table": c.Table})
+	r.mirrorTotal = metrics.CounterVec(c.Registerer, "mirror_total",
+		"Writes applied to OLD right after NEW committed, by outcome: ok, or failed (left to a reconcile).",
+		"table", "outcome").MustCurryWith(prometheus.Labels{"table": c.Table})
+	r.reconcileTotal = metrics.CounterVec(c.Registerer, "reconcile_total",
+		"Keys reconciled to OLD, by outcome: enqueued (a reconcile task), done, failed.",
 		"table", "outcome").MustCurryWith(prometheus.Labels{"table": c.Table})
 	return r, nil
 }

@@ -54,13 +54,12 @@ func queryKeyed[T any](ctx context.Context, db DB, sql string, ks []int64, scan 
 		return err
 	}
 	defer rows.Close()
-	kr := keyedRow{Rows: rows}
 	for rows.Next() {
-		key, err := kr.key()
+		key, err := bigint(rows, 0)
 		if err != nil {
 			return scanError{err}
 		}
-		v, err := scan(&kr)
+		v, err := scan(&colsView{Rows: rows, lo: 1, hi: len(rows.FieldDescriptions())})
 		if err != nil {
 			return scanError{err}
 		}
@@ -69,47 +68,51 @@ func queryKeyed[T any](ctx context.Context, db DB, sql string, ks []int64, scan 
 	return rows.Err()
 }
 
-// keyedRow shows a scan function every column of a row but the first, the
-// key, so that the record type need not know about it.
-type keyedRow struct {
-	pgx.Rows
-}
-
-var _ pgx.Rows = (*keyedRow)(nil)
-
-// key decodes the first column, a bigint, in whichever format it came.
-func (r *keyedRow) key() (int64, error) {
-	raw := r.Rows.RawValues()[0]
-	if r.Rows.FieldDescriptions()[0].Format == pgx.BinaryFormatCode {
+// bigint decodes column i of the current row, a bigint, in whichever
+// format it came.
+func bigint(rows pgx.Rows, i int) (int64, error) {
+	raw := rows.RawValues()[i]
+	if rows.FieldDescriptions()[i].Format == pgx.BinaryFormatCode {
 		if len(raw) != 8 {
-			return 0, fmt.Errorf("key column: %d bytes, want a bigint", len(raw))
+			return 0, fmt.Errorf("column %d: %d bytes, want a bigint", i, len(raw))
 		}
 		return int64(binary.BigEndian.Uint64(raw)), nil
 	}
 	return strconv.ParseInt(string(raw), 10, 64)
 }
 
-func (r *keyedRow) FieldDescriptions() []pgconn.FieldDescription {
-	return r.Rows.FieldDescriptions()[1:]
+// colsView shows a scan function the columns [lo, hi) of a row only, so
+// that a query can return more than the record type knows about (the key
+// ahead of it, the text form of its values after it).
+type colsView struct {
+	pgx.Rows
+	lo, hi int
 }
 
-func (r *keyedRow) Scan(dest ...any) error {
+var _ pgx.Rows = (*colsView)(nil)
+
+func (r *colsView) FieldDescriptions() []pgconn.FieldDescription {
+	return r.Rows.FieldDescriptions()[r.lo:r.hi]
+}
+
+func (r *colsView) Scan(dest ...any) error {
 	// pgx hands a single RowScanner the whole row; it must see this view.
 	if len(dest) == 1 {
 		if rs, ok := dest[0].(pgx.RowScanner); ok {
 			return rs.ScanRow(r)
 		}
 	}
-	var skip int64
-	return r.Rows.Scan(append([]any{&skip}, dest...)...)
+	all := make([]any, len(r.Rows.FieldDescriptions())) // nil skips a column
+	copy(all[r.lo:], dest)
+	return r.Rows.Scan(all...)
 }
 
-func (r *keyedRow) Values() ([]any, error) {
+func (r *colsView) Values() ([]any, error) {
 	vs, err := r.Rows.Values()
 	if err != nil {
 		return nil, err
 	}
-	return vs[1:], nil
+	return vs[r.lo:r.hi], nil
 }
 
-func (r *keyedRow) RawValues() [][]byte { return r.Rows.RawValues()[1:] }
+func (r *colsView) RawValues() [][]byte { return r.Rows.RawValues()[r.lo:r.hi] }

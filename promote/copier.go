@@ -229,6 +229,10 @@ func (c *Copier) Table() string { return c.cfg.Table }
 // TableID returns NEW's table as "schema.name".
 func (c *Copier) TableID() string { return c.tableID }
 
+// HasTransform reports whether the copier transforms OLD rows, that is,
+// whether OLD's and NEW's schemas differ.
+func (c *Copier) HasTransform() bool { return c.cfg.Transform != nil }
+
 // CopyKeys copies the rows with the given keys from OLD to NEW and marks the
 // keys that are now settled (copied, already present, or tombstoned). Keys
 // absent from OLD are counted but not marked: nothing says they will not be

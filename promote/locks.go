@@ -71,3 +71,10 @@ func (c *Copier) LockKeys(ctx context.Context, tx Execer, ks []int64) error {
 	}
 	return nil
 }
+
+// LockStatement returns the statement LockKeys runs and its arguments, for
+// writers that send their transaction as one pipelined batch. Keys must be
+// valid (>= 0).
+func (c *Copier) LockStatement(ks []int64) (string, []any) {
+	return lockSQL, []any{c.locks.ids(ks)}
+}

@@ -5,14 +5,14 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/lazymigrate/lazymigrate/internal/pgtext"
 )
 
 // lockAndPin takes a group's advisory locks and fixes, for the
 // transaction, the settings that change how NEW parses the text read from
-// OLD (see pinOutput).
-const lockAndPin = `SELECT set_config('DateStyle', 'ISO, YMD', true), set_config('IntervalStyle', 'postgres', true),
-	set_config('lc_monetary', 'C', true),
-	(SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l)`
+// OLD.
+const lockAndPin = pgtext.PinInput + `, (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l)`
 
 // group is the rows of one NEW transaction: their locks and, per column,
 // their values.

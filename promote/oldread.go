@@ -11,18 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/lazymigrate/lazymigrate/internal/pgtable"
+	"github.com/lazymigrate/lazymigrate/internal/pgtext"
 	"github.com/lazymigrate/lazymigrate/internal/schema"
 )
-
-// pinOutput fixes, for the read's transaction only, every setting that
-// changes how Postgres prints a value, so that the text read from OLD means
-// the same to NEW whatever either server's defaults are: ISO dates (a
-// "SQL, DMY" OLD would print 01/02/2024 for February 1st), exact floats
-// (servers before Postgres 12 round them by default), hex bytea, and money
-// in the C locale.
-const pinOutput = `SELECT set_config('DateStyle', 'ISO, YMD', true), set_config('IntervalStyle', 'postgres', true),
-	set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true),
-	set_config('lc_monetary', 'C', true), set_config('TimeZone', 'UTC', true)`
 
 // oldRows are rows read from OLD, ready for NEW: per row its key and its
 // value for each NEW column in Postgres's text form (nil for NULL).
@@ -83,7 +74,7 @@ func (c *Copier) readOld(ctx context.Context, sql string, args []any) (oldRows, 
 		return c.readOldTransformed(ctx, sql, args)
 	}
 	b := &pgx.Batch{}
-	b.Queue(pinOutput)
+	b.Queue(pgtext.PinOutput)
 	b.Queue(sql, args...)
 	br := c.old.SendBatch(ctx, b)
 	defer br.Close()
@@ -144,7 +135,7 @@ func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any)
 	formats := make(pgx.QueryResultFormats, len(c.oldCols))
 	for i, col := range c.oldCols {
 		formats[i] = pgx.BinaryFormatCode
-		if _, known := m.TypeForOID(col.TypeOID); !known || col.TypeOID == pgtype.JSONOID || col.TypeOID == pgtype.JSONBOID {
+		if _, known := m.TypeForOID(col.TypeOID); !known || pgtext.IsJSON(col.TypeOID) {
 			formats[i] = pgx.TextFormatCode
 		}
 	}
@@ -166,7 +157,7 @@ func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any)
 			switch {
 			case raw[i] == nil:
 				old[col.Name] = nil
-			case col.TypeOID == pgtype.JSONOID || col.TypeOID == pgtype.JSONBOID:
+			case pgtext.IsJSON(col.TypeOID):
 				old[col.Name] = json.RawMessage(string(raw[i]))
 			case formats[i] == pgx.TextFormatCode:
 				old[col.Name] = string(raw[i])
@@ -188,7 +179,7 @@ func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any)
 			if !ok {
 				return oldRows{}, fmt.Errorf("%w: copy %s: transform of key %d returned no column %q", ErrRowRejected, c.cfg.Table, k, col.Name)
 			}
-			if vals[i], err = encodeText(m, col, v); err != nil {
+			if vals[i], err = pgtext.Encode(m, col.TypeOID, col.Type, v); err != nil {
 				return oldRows{}, fmt.Errorf("%w: copy %s: transform of key %d: column %q: %w", ErrRowRejected, c.cfg.Table, k, col.Name, err)
 			}
 		}
@@ -217,26 +208,4 @@ func keyOf(v any) (int64, error) {
 		return int64(k), nil
 	}
 	return 0, fmt.Errorf("key has type %T, want an integer", v)
-}
-
-// encodeText renders v in Postgres's text form for col's type.
-func encodeText(m *pgtype.Map, col pgtable.Column, v any) (*string, error) {
-	switch v := v.(type) {
-	case nil:
-		return nil, nil
-	case string:
-		return &v, nil
-	case json.RawMessage:
-		s := string(v)
-		return &s, nil
-	}
-	if _, known := m.TypeForOID(col.TypeOID); !known {
-		return nil, fmt.Errorf("type %s is unknown to pgx: return its value as a string in Postgres's text form", col.Type)
-	}
-	buf, err := m.Encode(col.TypeOID, pgtype.TextFormatCode, v, nil)
-	if err != nil || buf == nil {
-		return nil, err
-	}
-	s := string(buf)
-	return &s, nil
 }

@@ -16,6 +16,11 @@ import (
 // into NEW again. table_name is pgtable.Table.ID.
 const Tombstones = `lazymigrate.tombstones`
 
+// Outbox is the quoted name of the mirror outbox: a row (table_name, key)
+// is written in the same NEW transaction as a change of the key and removed
+// once OLD has the change, so that the intent to mirror survives a crash.
+const Outbox = `lazymigrate.outbox`
+
 // Tables is the quoted name of the registry of migrated tables: settings
 // every process must agree on, such as the lock stripe width.
 const Tables = `lazymigrate.tables`
@@ -35,6 +40,14 @@ var statements = []string{
 		deleted_at timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (table_name, key)
 	)`,
+	`CREATE TABLE IF NOT EXISTS lazymigrate.outbox (
+		id         bigserial   PRIMARY KEY,
+		table_name text        NOT NULL,
+		key        bigint      NOT NULL,
+		created_at timestamptz NOT NULL DEFAULT now()
+	)`,
+	`CREATE INDEX IF NOT EXISTS outbox_table_key ON lazymigrate.outbox (table_name, key)`,
+	`CREATE INDEX IF NOT EXISTS outbox_table_created ON lazymigrate.outbox (table_name, created_at)`,
 	`CREATE TABLE IF NOT EXISTS lazymigrate.tables (
 		table_name    text        PRIMARY KEY,
 		stripe_bits   integer     NOT NULL,
@@ -78,7 +91,8 @@ func Setup(ctx context.Context, db Beginner) error {
 // creates exists in db.
 func Check(ctx context.Context, db Querier) error {
 	var ok bool
-	err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`, Tombstones, Tables).Scan(&ok)
+	err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
+		Tombstones, Tables, Outbox).Scan(&ok)
 	if err != nil {
 		return fmt.Errorf("check lazymigrate schema in NEW: %w", err)
 	}

@@ -1,0 +1,112 @@
+package fallback_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/lazymigrate/lazymigrate/fallback"
+)
+
+// exampleRedis connects to LM_REDIS_ADDR (a URL or host:port), or to a Redis
+// on localhost when it is unset.
+func exampleRedis() *redis.Client {
+	addr := os.Getenv("LM_REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	if strings.Contains(addr, "://") {
+		opts, err := redis.ParseURL(addr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		return redis.NewClient(opts)
+	}
+	return redis.NewClient(&redis.Options{Addr: addr})
+}
+
+// A rollback: an operator's tool sets the mode of "accounts" to old, and a
+// service process, polling with Run, follows.
+func Example() {
+	ctx := context.Background()
+	rdb := exampleRedis()
+	defer rdb.Close()
+
+	// A prefix of its own keeps concurrent runs of this example apart.
+	prefix := fmt.Sprintf("lmexample:%d", time.Now().UnixNano())
+	defer rdb.Del(ctx, prefix+":mode:accounts")
+	cfg := &fallback.Config{Prefix: prefix, PollInterval: 10 * time.Millisecond}
+
+	// The service reads the mode once before serving, then polls.
+	service, err := fallback.New(rdb, "accounts", cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := service.Refresh(ctx); err != nil {
+		log.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- service.Run(runCtx) }()
+	fmt.Println("service reads in mode:", service.Mode())
+
+	// The operator rolls back (redis-cli SET <prefix>:mode:accounts old
+	// does the same).
+	cli, err := fallback.New(rdb, "accounts", cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := cli.Set(ctx, fallback.ModeOld); err != nil {
+		log.Fatal(err)
+	}
+
+	// The service follows within its PollInterval.
+	for service.Mode() != fallback.ModeOld {
+		time.Sleep(5 * time.Millisecond)
+	}
+	fmt.Println("service reads in mode:", service.Mode())
+
+	stop()
+	if err := <-done; err != nil {
+		log.Fatal(err)
+	}
+
+	// Output:
+	// service reads in mode: readthrough
+	// service reads in mode: old
+}
+
+// An override pins one process's mode, whatever Redis says; a switch made
+// without Redis follows only its Default and overrides, which suits tests.
+func ExampleSwitch_Override() {
+	sw, err := fallback.New(nil, "accounts", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(sw.Mode())
+	sw.Override(fallback.ModeOld)
+	fmt.Println(sw.Mode())
+	sw.ClearOverride()
+	fmt.Println(sw.Mode())
+
+	// Output:
+	// readthrough
+	// old
+	// readthrough
+}
+
+func ExampleParseMode() {
+	m, err := fallback.ParseMode("old")
+	fmt.Println(m, err)
+	_, err = fallback.ParseMode("rollback")
+	fmt.Println(err)
+
+	// Output:
+	// old <nil>
+	// fallback: invalid mode "rollback"; valid modes are old, readthrough and new
+}

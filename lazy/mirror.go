@@ -1,0 +1,494 @@
+package lazy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lazymigrate/lazymigrate/internal/pgtable"
+	"github.com/lazymigrate/lazymigrate/internal/pgtext"
+	"github.com/lazymigrate/lazymigrate/internal/schema"
+	"github.com/lazymigrate/lazymigrate/promote"
+)
+
+// ReconcileTaskType is the asynq task type of reconcile tasks, enqueued
+// when a write could not be mirrored to OLD. Register a ReconcileHandler
+// for it on the worker's asynq.ServeMux.
+const ReconcileTaskType = "lazymigrate:reconcile"
+
+// writes holds what the write path needs, built once by New.
+type writes[T any] struct {
+	pool   acquirer
+	cols   []pgtable.Column // NEW columns written, in order
+	keyIdx int
+	encode encoder[T]
+	ns     int64 // mirror lock namespace
+
+	upsertSQL, updateSQL, lockRowSQL, deleteSQL string
+	tombSQL, untombSQL, outboxSQL                string
+	reconcileSQL                                string
+
+	oldCols      []pgtable.Column // OLD columns mirrored
+	oldFrom      []int            // per OLD column, its NEW column (without a reverse transform)
+	oldUpsertSQL string
+	oldDeleteSQL string
+}
+
+// mirrorLock is key's lock in NEW serializing the changes of key on their
+// way to OLD. Keys equal in their low 32 bits share a lock, which only adds
+// serialization.
+func (w *writes[T]) mirrorLock(key int64) int64 { return w.ns | int64(uint32(key)) }
+
+func newWrites[T any](c *Config[T], newDB DB, nt, ot *pgtable.Table, newCols, oldCols []pgtable.Column, keyCol string) (*writes[T], error) {
+	pool, ok := newDB.(acquirer)
+	if !ok {
+		return nil, fmt.Errorf("%w (NEW is a %T)", ErrNoWrites, newDB)
+	}
+	if c.Copier.TableID() != nt.ID {
+		return nil, fmt.Errorf("lazy: Config.Copier copies %s, not %s", c.Copier.TableID(), nt.ID)
+	}
+	names := make([]string, len(newCols))
+	for i, col := range newCols {
+		names[i] = col.Name
+	}
+	enc, err := newEncoder(names, c.Encode)
+	if err != nil {
+		return nil, fmt.Errorf("lazy: %w", err)
+	}
+	w := &writes[T]{pool: pool, cols: newCols, encode: enc, keyIdx: -1}
+	for i, col := range newCols {
+		if col.Name == keyCol {
+			w.keyIdx = i
+		}
+	}
+	if w.keyIdx < 0 {
+		return nil, fmt.Errorf("lazy: Config.Columns must include the key column %q for writes", keyCol)
+	}
+	h := fnv.New32a()
+	h.Write([]byte("lazymigrate-mirror:" + nt.ID))
+	w.ns = int64(h.Sum32()) << 32
+
+	key := newCols[w.keyIdx].Ident()
+	list, sets, params, returning := make([]string, len(newCols)), []string{}, make([]string, len(newCols)), make([]string, 0, 2*len(newCols))
+	for i, col := range newCols {
+		list[i] = col.Ident()
+		params[i] = fmt.Sprintf("$%d", i+1)
+		returning = append(returning, col.Ident())
+		if i != w.keyIdx {
+			sets = append(sets, fmt.Sprintf("%s = $%d", col.Ident(), i+1))
+		}
+	}
+	for _, col := range newCols {
+		returning = append(returning, col.Ident()+"::text")
+	}
+	excluded := make([]string, 0, len(sets))
+	for i, col := range newCols {
+		if i != w.keyIdx {
+			excluded = append(excluded, fmt.Sprintf("%s = EXCLUDED.%s", col.Ident(), col.Ident()))
+		}
+	}
+	if len(sets) == 0 { // a table of keys only
+		sets = []string{key + " = " + key}
+		excluded = sets
+	}
+	ret := strings.Join(returning, ", ")
+	w.upsertSQL = fmt.Sprintf(`INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s RETURNING %s`,
+		nt.Ident, strings.Join(list, ", "), strings.Join(params, ", "), key, strings.Join(excluded, ", "), ret)
+	w.updateSQL = fmt.Sprintf(`UPDATE %s SET %s WHERE %s = $%d RETURNING %s`, nt.Ident, strings.Join(sets, ", "), key, w.keyIdx+1, ret)
+	w.lockRowSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1 FOR UPDATE`, strings.Join(list, ", "), nt.Ident, key)
+	w.reconcileSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1`, ret, nt.Ident, key)
+	w.deleteSQL = fmt.Sprintf(`DELETE FROM %s WHERE %s = $1`, nt.Ident, key)
+	w.tombSQL = `INSERT INTO ` + schema.Tombstones + ` (table_name, key) VALUES ($1, $2) ON CONFLICT DO NOTHING`
+	w.untombSQL = `DELETE FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key = $2`
+	w.outboxSQL = `INSERT INTO ` + schema.Outbox + ` (table_name, key) VALUES ($1, $2) RETURNING id`
+
+	if c.DisableMirror {
+		return w, nil
+	}
+	return w, w.buildMirror(c, ot, oldCols, keyCol)
+}
+
+// buildMirror prepares the OLD side. Without a reverse transform every
+// mirrored OLD column takes the NEW column of the same name; schemas that
+// differ otherwise need Config.ReverseTransform, and mirroring refuses to
+// start without one rather than write wrong data.
+func (w *writes[T]) buildMirror(c *Config[T], ot *pgtable.Table, oldCols []pgtable.Column, keyCol string) error {
+	if c.Copier.HasTransform() && c.ReverseTransform == nil {
+		return errors.New("lazy: the Copier transforms OLD rows, so mirroring to OLD needs Config.ReverseTransform (or set Config.DisableMirror)")
+	}
+	w.oldCols = oldCols
+	w.oldFrom = make([]int, len(oldCols))
+	okey := -1
+	for i, oc := range oldCols {
+		if oc.Name == keyCol {
+			okey = i
+		}
+		w.oldFrom[i] = -1
+		for j, nc := range w.cols {
+			if nc.Name == oc.Name {
+				w.oldFrom[i] = j
+			}
+		}
+		if w.oldFrom[i] < 0 && c.ReverseTransform == nil {
+			return fmt.Errorf("lazy: OLD column %q has no NEW column of that name: mirroring needs Config.ReverseTransform (or set Config.DisableMirror)", oc.Name)
+		}
+	}
+	if okey < 0 {
+		return fmt.Errorf("lazy: Config.OldColumns must include the key column %q for mirroring", keyCol)
+	}
+	list, casts, sets := make([]string, len(oldCols)), make([]string, len(oldCols)), make([]string, 0, len(oldCols))
+	for i, oc := range oldCols {
+		list[i] = oc.Ident()
+		// Cast to the base type and let the assignment apply the modifier:
+		// too long a value fails instead of being cut.
+		casts[i] = fmt.Sprintf("$%d::text::%s", i+1, oc.BaseType)
+		if i != okey {
+			sets = append(sets, fmt.Sprintf("%s = %s", oc.Ident(), casts[i]))
+		}
+	}
+	if len(sets) == 0 {
+		sets = []string{list[okey] + " = " + list[okey]}
+	}
+	// UPDATE, else INSERT: OLD need not have a unique index on the key, and
+	// the mirror lock keeps two mirrors of a key from racing here.
+	w.oldUpsertSQL = fmt.Sprintf(`WITH u AS (UPDATE %s SET %s WHERE %s = %s RETURNING 1)
+INSERT INTO %s (%s) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM u)`,
+		ot.Ident, strings.Join(sets, ", "), list[okey], casts[okey],
+		ot.Ident, strings.Join(list, ", "), strings.Join(casts, ", "))
+	w.oldDeleteSQL = fmt.Sprintf(`DELETE FROM %s WHERE %s = $1`, ot.Ident, list[okey])
+	return nil
+}
+
+// mirror makes OLD's record of key what NEW holds: text is the NEW row in
+// text form, or nil when the key is gone from NEW.
+func (r *Repo[T]) mirror(ctx context.Context, key int64, text []*string) error {
+	if text == nil {
+		if _, err := r.old.Exec(ctx, r.w.oldDeleteSQL, key); err != nil {
+			return fmt.Errorf("%w: mirror delete of %s key %d: %w", ErrOldUnavailable, r.cfg.Table, key, err)
+		}
+		return nil
+	}
+	vals, err := r.oldValues(ctx, key, text)
+	if err != nil {
+		return err
+	}
+	b := &pgx.Batch{}
+	b.Queue(pgtext.PinInput)
+	b.Queue(r.w.oldUpsertSQL, vals...)
+	if err := r.old.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("%w: mirror %s key %d: %w", ErrOldUnavailable, r.cfg.Table, key, err)
+	}
+	return nil
+}
+
+// oldValues returns the mirrored OLD columns' values in text form.
+func (r *Repo[T]) oldValues(ctx context.Context, key int64, text []*string) ([]any, error) {
+	vals := make([]any, len(r.w.oldCols))
+	if r.cfg.ReverseTransform == nil {
+		for i, j := range r.w.oldFrom {
+			vals[i] = text[j]
+		}
+		return vals, nil
+	}
+	row := make(promote.Row, len(text))
+	for i, col := range r.w.cols {
+		if text[i] == nil {
+			row[col.Name] = nil
+		} else {
+			row[col.Name] = *text[i]
+		}
+	}
+	old, err := r.cfg.ReverseTransform(ctx, row)
+	if err != nil {
+		return nil, fmt.Errorf("lazy: mirror %s key %d: reverse transform: %w", r.cfg.Table, key, err)
+	}
+	m := pgtype.NewMap()
+	for i, oc := range r.w.oldCols {
+		v, ok := old[oc.Name]
+		if !ok {
+			return nil, fmt.Errorf("lazy: mirror %s key %d: reverse transform returned no column %q", r.cfg.Table, key, oc.Name)
+		}
+		s, err := pgtext.Encode(m, oc.TypeOID, oc.Type, v)
+		if err != nil {
+			return nil, fmt.Errorf("lazy: mirror %s key %d: column %q: %w", r.cfg.Table, key, oc.Name, err)
+		}
+		vals[i] = s
+	}
+	return vals, nil
+}
+
+// finish completes a committed write in the background, so that the caller
+// does not wait for it: it removes the outbox row once OLD has the change,
+// releases the key's mirror lock and conn, marks the key settled, and, if
+// the mirror failed, schedules a reconcile. Close waits for it.
+func (r *Repo[T]) finish(ctx context.Context, conn *pgxpool.Conn, key int64, outboxID int64, mirrorErr error) {
+	if mirrorErr != nil {
+		r.mirrorTotal.WithLabelValues("failed").Inc()
+	} else if r.mirrors() {
+		r.mirrorTotal.WithLabelValues("ok").Inc()
+	}
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		b := &pgx.Batch{}
+		if mirrorErr == nil && outboxID != 0 {
+			b.Queue(`DELETE FROM `+schema.Outbox+` WHERE id = $1`, outboxID)
+		}
+		if r.mirrors() {
+			b.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
+		}
+		release(ctx, conn, b)
+		if mirrorErr != nil {
+			r.scheduleReconcile(ctx, key, mirrorErr)
+		}
+		if r.cfg.Tracker != nil {
+			// The key's truth is in NEW now; the bit only saves later reads
+			// and sweeps some work, so a failure is not the write's.
+			_, _ = r.cfg.Tracker.Mark(ctx, []int64{key})
+		}
+	}()
+}
+
+// abandon ends a write that failed before its commit: it rolls back and
+// releases the key's mirror lock and conn.
+func (r *Repo[T]) abandon(ctx context.Context, conn *pgxpool.Conn, key int64) {
+	b := &pgx.Batch{}
+	b.Queue(`ROLLBACK`)
+	if r.mirrors() {
+		b.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
+	}
+	release(context.WithoutCancel(ctx), conn, b)
+}
+
+// release runs b on conn and returns conn to its pool. If b fails, conn is
+// closed: that is the sure way to free a session lock it may hold.
+func release(ctx context.Context, conn *pgxpool.Conn, b *pgx.Batch) {
+	if b.Len() > 0 {
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			_ = conn.Conn().Close(ctx)
+		}
+	}
+	conn.Release()
+}
+
+func (r *Repo[T]) scheduleReconcile(ctx context.Context, key int64, cause error) {
+	r.log.WarnContext(ctx, "lazymigrate: mirror to OLD failed; the key will be reconciled", "table", r.cfg.Table, "key", key, "error", cause)
+	if r.cfg.Reconciler == nil {
+		return // the relay reconciles it after RelayDelay
+	}
+	payload, _ := json.Marshal(promote.Payload{Table: r.cfg.Table, Keys: []int64{key}})
+	task := asynq.NewTask(ReconcileTaskType, payload)
+	if _, err := r.cfg.Reconciler.EnqueueContext(ctx, task, asynq.Queue(r.cfg.ReconcileQueue), asynq.MaxRetry(20)); err != nil {
+		r.log.WarnContext(ctx, "lazymigrate: reconcile task not enqueued; the relay will reconcile the key", "table", r.cfg.Table, "key", key, "error", err)
+		return
+	}
+	r.reconcileTotal.WithLabelValues("enqueued").Inc()
+}
+
+// Table returns the table name the Repo was configured with.
+func (r *Repo[T]) Table() string { return r.cfg.Table }
+
+// Reconcile makes OLD's record of each key what NEW holds now (the row, or
+// its absence) and clears the key's outbox entries. It runs under the key's
+// mirror lock and reads NEW's current state, so reconciles and writes may
+// run in any order and OLD still ends equal to NEW.
+func (r *Repo[T]) Reconcile(ctx context.Context, ks ...int64) error {
+	if r.w == nil || !r.mirrors() {
+		return errors.New("lazy: Reconcile needs writes with mirroring configured")
+	}
+	for _, k := range ks {
+		if err := r.writable(k); err != nil {
+			return err
+		}
+		if err := r.reconcile(ctx, k); err != nil {
+			r.reconcileTotal.WithLabelValues("failed").Inc()
+			return err
+		}
+		r.reconcileTotal.WithLabelValues("done").Inc()
+	}
+	return nil
+}
+
+func (r *Repo[T]) reconcile(ctx context.Context, key int64) error {
+	conn, err := r.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	unlock := &pgx.Batch{}
+	unlock.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key)); err != nil {
+		release(ctx, conn, unlock)
+		return r.newErr(key, err)
+	}
+	// The outbox entries first, then the row: the row then reflects at
+	// least every change whose entry is cleared below.
+	var ids []int64
+	var text []*string
+	err = func() error {
+		tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+		if err != nil {
+			return err
+		}
+		defer func() { _ = tx.Rollback(ctx) }()
+		if _, err := tx.Exec(ctx, pgtext.PinOutput); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(id), '{}') FROM `+schema.Outbox+` WHERE table_name = $1 AND key = $2`,
+			r.tableID, key).Scan(&ids); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, r.w.reconcileSQL, key)
+		if err != nil {
+			return err
+		}
+		n := len(r.w.cols)
+		if rows.Next() {
+			text = make([]*string, n)
+			for i, v := range rows.RawValues()[n:] {
+				if v != nil {
+					s := string(v)
+					text[i] = &s
+				}
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	}()
+	if err != nil {
+		release(ctx, conn, unlock)
+		return r.newErr(key, err)
+	}
+	if err := r.mirror(ctx, key, text); err != nil {
+		release(ctx, conn, unlock)
+		return err
+	}
+	done := &pgx.Batch{}
+	done.Queue(`DELETE FROM `+schema.Outbox+` WHERE id = ANY($1)`, ids)
+	done.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
+	release(ctx, conn, done)
+	return nil
+}
+
+// RunRelay reconciles, every RelayInterval until ctx ends, the keys whose
+// outbox entries are older than RelayDelay: changes whose mirror failed, or
+// whose process died between the NEW commit and the OLD write, or written
+// with PutTx or DeleteTx. Run one relay per table in at least one process;
+// more are safe. It returns nil when ctx ends.
+func (r *Repo[T]) RunRelay(ctx context.Context) error {
+	if r.w == nil || !r.mirrors() {
+		return errors.New("lazy: RunRelay needs writes with mirroring configured")
+	}
+	t := time.NewTicker(r.cfg.RelayInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if _, err := r.RelayOnce(ctx); err != nil && ctx.Err() == nil {
+			r.log.WarnContext(ctx, "lazymigrate: relay pass failed; retrying", "table", r.cfg.Table, "error", err)
+		}
+	}
+}
+
+// RelayOnce runs one pass of the relay and returns how many keys it
+// reconciled.
+func (r *Repo[T]) RelayOnce(ctx context.Context) (int, error) {
+	rows, err := r.new.Query(ctx, `SELECT DISTINCT key FROM `+schema.Outbox+`
+		WHERE table_name = $1 AND created_at < now() - $2::interval LIMIT 1000`, r.tableID, r.cfg.RelayDelay)
+	if err != nil {
+		return 0, r.newErr(-1, err)
+	}
+	ks, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, r.newErr(-1, err)
+	}
+	for i, k := range ks {
+		if err := r.Reconcile(ctx, k); err != nil {
+			return i, err
+		}
+	}
+	return len(ks), nil
+}
+
+// Close waits for the background completion of writes.
+func (r *Repo[T]) Close() { r.bg.Wait() }
+
+// Reconciler is what a ReconcileHandler needs of a Repo.
+type Reconciler interface {
+	Table() string
+	Reconcile(ctx context.Context, keys ...int64) error
+}
+
+// ReconcileHandler runs reconcile tasks: register it on an asynq.ServeMux
+// for ReconcileTaskType.
+type ReconcileHandler struct {
+	repos map[string]Reconciler
+}
+
+var _ asynq.Handler = (*ReconcileHandler)(nil)
+
+// NewReconcileHandler returns a handler for the tables of repos.
+func NewReconcileHandler(repos ...Reconciler) (*ReconcileHandler, error) {
+	if len(repos) == 0 {
+		return nil, errors.New("lazy: NewReconcileHandler needs at least one Repo")
+	}
+	h := &ReconcileHandler{repos: map[string]Reconciler{}}
+	for _, r := range repos {
+		if _, dup := h.repos[r.Table()]; dup {
+			return nil, fmt.Errorf("lazy: NewReconcileHandler: two repos for table %q", r.Table())
+		}
+		h.repos[r.Table()] = r
+	}
+	return h, nil
+}
+
+// ProcessTask reconciles the keys a task carries. A malformed payload fails
+// at once without retry; a failure to reach either database is retried.
+func (h *ReconcileHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	p, err := promote.DecodePayload(t.Payload())
+	if err != nil {
+		return err
+	}
+	r, ok := h.repos[p.Table]
+	if !ok {
+		return fmt.Errorf("lazy: no repo for table %q on this worker", p.Table)
+	}
+	return r.Reconcile(ctx, p.Keys...)
+}
+
+// isDataError reports whether err is the data's fault: a data exception
+// or a constraint violation.
+func isDataError(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		class := pgErr.Code[:2]
+		return class == "22" || class == "23"
+	}
+	return false
+}
+
+func (r *Repo[T]) observeWrite(op string, start time.Time, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	r.writesTotal.WithLabelValues(op, outcome).Inc()
+	r.writeDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}

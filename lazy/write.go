@@ -1,0 +1,428 @@
+package lazy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lazymigrate/lazymigrate/internal/keys"
+	"github.com/lazymigrate/lazymigrate/internal/pgtext"
+)
+
+// Errors of the write path.
+var (
+	// ErrNoWrites: the Repo was configured without Config.Copier, or its NEW
+	// database is not a *pgxpool.Pool.
+	ErrNoWrites = errors.New("lazy: writes need Config.Copier and NEW as a *pgxpool.Pool")
+	// ErrKeyMismatch: the record given to a write carries another key than
+	// the key argument.
+	ErrKeyMismatch = errors.New("lazy: record key differs from the key written")
+)
+
+// acquirer is what writes need of NEW: a connection of their own, to hold
+// the key's mirror lock from the NEW commit until OLD has the change.
+type acquirer interface {
+	Acquire(ctx context.Context) (*pgxpool.Conn, error)
+}
+
+// Put stores rec under key in NEW, replacing the whole record, and returns
+// the record as stored. A deleted key is created again. rec's key field
+// must equal key. Unless Config.DisableMirror, the change is applied to OLD
+// before Put returns, or, if OLD fails, left to a reconcile.
+func (r *Repo[T]) Put(ctx context.Context, key int64, rec T) (T, error) {
+	start := time.Now()
+	v, err := r.put(ctx, key, rec)
+	r.observeWrite("put", start, err)
+	return v, err
+}
+
+func (r *Repo[T]) put(ctx context.Context, key int64, rec T) (T, error) {
+	var zero T
+	vals, err := r.checkWrite(key, rec)
+	if err != nil {
+		return zero, err
+	}
+	conn, err := r.acquire(ctx)
+	if err != nil {
+		return zero, err
+	}
+	var b writeBatch
+	r.queueMirrorLock(&b, key)
+	b.exec(`BEGIN ISOLATION LEVEL READ COMMITTED`)
+	b.exec(pgtext.PinOutput)
+	b.returning(r.w.upsertSQL, vals...)
+	b.exec(r.w.untombSQL, r.tableID, key)
+	r.queueOutbox(&b, key)
+	b.exec(`COMMIT`)
+	return r.commit(ctx, conn, &b, key)
+}
+
+// Update changes the record of key in NEW: fn receives the current record
+// (promoted from OLD first if need be) while its row is locked, and what fn
+// leaves in it is stored in the same transaction and returned. An error
+// from fn aborts the update and is returned as it is. A key that does not
+// exist, or was deleted, returns ErrNotFound. fn must not change the key.
+func (r *Repo[T]) Update(ctx context.Context, key int64, fn func(rec *T) error) (T, error) {
+	start := time.Now()
+	v, err := r.update(ctx, key, fn)
+	r.observeWrite("update", start, err)
+	return v, err
+}
+
+func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) (T, error) {
+	var zero T
+	if err := r.writable(key); err != nil {
+		return zero, err
+	}
+	if fn == nil {
+		return zero, fmt.Errorf("lazy: update %s key %d: nil update function", r.cfg.Table, key)
+	}
+	conn, err := r.acquire(ctx)
+	if err != nil {
+		return zero, err
+	}
+	fail := func(err error) (T, error) {
+		r.abandon(ctx, conn, key)
+		return zero, err
+	}
+	if r.mirrors() {
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key)); err != nil {
+			return fail(r.newErr(key, err))
+		}
+	}
+	cur, err := r.lockRow(ctx, conn, key)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Not in NEW yet: promote it (on other connections) and look again.
+		if err := r.migrate(ctx, key); err != nil {
+			return fail(err)
+		}
+		cur, err = r.lockRow(ctx, conn, key)
+	}
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return fail(r.notFound(key))
+	case err != nil:
+		return fail(err)
+	}
+	if err := fn(&cur); err != nil {
+		return fail(err)
+	}
+	vals, err := r.checkWrite(key, cur)
+	if err != nil {
+		return fail(err)
+	}
+	var b writeBatch
+	b.exec(pgtext.PinOutput)
+	b.returning(r.w.updateSQL, vals...)
+	r.queueOutbox(&b, key)
+	b.exec(`COMMIT`)
+	return r.commit(ctx, conn, &b, key)
+}
+
+// lockRow starts a transaction on conn and reads key's row FOR UPDATE. On
+// pgx.ErrNoRows the transaction has been rolled back.
+func (r *Repo[T]) lockRow(ctx context.Context, conn *pgxpool.Conn, key int64) (T, error) {
+	var zero T
+	if _, err := conn.Exec(ctx, `BEGIN ISOLATION LEVEL READ COMMITTED`); err != nil {
+		return zero, r.newErr(key, err)
+	}
+	v, err := queryOne(ctx, conn, r.w.lockRowSQL, key, r.cfg.Scan)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		if _, err := conn.Exec(ctx, `ROLLBACK`); err != nil {
+			return zero, r.newErr(key, err)
+		}
+		return zero, pgx.ErrNoRows
+	case err != nil:
+		return zero, r.newErr(key, err)
+	}
+	return v, nil
+}
+
+// Delete removes key from NEW and leaves a tombstone, so that no promotion
+// or sweep brings it back; unless Config.DisableMirror the deletion is
+// applied to OLD as for Put. Deleting a key that does not exist succeeds.
+func (r *Repo[T]) Delete(ctx context.Context, key int64) error {
+	start := time.Now()
+	err := r.delete(ctx, key)
+	r.observeWrite("delete", start, err)
+	return err
+}
+
+func (r *Repo[T]) delete(ctx context.Context, key int64) error {
+	if err := r.writable(key); err != nil {
+		return err
+	}
+	conn, err := r.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	var b writeBatch
+	r.queueMirrorLock(&b, key)
+	b.exec(`BEGIN ISOLATION LEVEL READ COMMITTED`)
+	r.queueDelete(&b, key)
+	r.queueOutbox(&b, key)
+	b.exec(`COMMIT`)
+	_, err = r.commit(ctx, conn, &b, key)
+	return err
+}
+
+// queueDelete queues the statements of a delete of key.
+func (r *Repo[T]) queueDelete(b *writeBatch, key int64) {
+	// The copy stripe lock first: a promotion that read OLD before this
+	// delete committed waits for it, then sees the tombstone.
+	lock, args := r.cfg.Copier.LockStatement([]int64{key})
+	b.exec(lock, args...)
+	b.exec(r.w.deleteSQL, key)
+	b.exec(r.w.tombSQL, r.tableID, key)
+}
+
+// Migrate promotes key synchronously: once it returns nil, NEW holds the
+// key's record and callers may write it with plain SQL (then call Reconcile
+// to mirror the change). A key in neither database, or deleted, returns
+// ErrNotFound.
+func (r *Repo[T]) Migrate(ctx context.Context, key int64) error {
+	if err := r.writable(key); err != nil {
+		return err
+	}
+	return r.migrate(ctx, key)
+}
+
+func (r *Repo[T]) migrate(ctx context.Context, key int64) error {
+	res, err := r.cfg.Copier.CopyKeys(ctx, []int64{key})
+	switch {
+	case err != nil:
+		return fmt.Errorf("lazy: migrate %s key %d: %w", r.cfg.Table, key, err)
+	case res.Copied+res.Present == 1:
+		return nil
+	case res.Tombstoned == 1:
+		return r.notFound(key)
+	}
+	// Absent from OLD: it may have been written to NEW only.
+	if _, err := queryOne(ctx, r.new, r.newSQL, key, r.cfg.Scan); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return r.notFound(key)
+		}
+		return r.newErr(key, err)
+	}
+	return nil
+}
+
+// PutTx is Put inside the caller's NEW transaction tx. Its change reaches
+// OLD only after tx commits: call Reconcile with the key then, or leave it
+// to the relay (RunRelay), which mirrors what is left after RelayDelay.
+func (r *Repo[T]) PutTx(ctx context.Context, tx pgx.Tx, key int64, rec T) error {
+	vals, err := r.checkWrite(key, rec)
+	if err != nil {
+		return err
+	}
+	var b writeBatch
+	r.queueMirrorXactLock(&b, key)
+	b.exec(r.w.upsertSQL, vals...)
+	b.exec(r.w.untombSQL, r.tableID, key)
+	r.queueOutbox(&b, key)
+	if err := tx.SendBatch(ctx, &b.b).Close(); err != nil {
+		return r.newErr(key, err)
+	}
+	return nil
+}
+
+// DeleteTx is Delete inside the caller's NEW transaction tx, which must run
+// at READ COMMITTED (Postgres's default). As with PutTx, OLD learns of it
+// after the commit, through Reconcile or the relay.
+func (r *Repo[T]) DeleteTx(ctx context.Context, tx pgx.Tx, key int64) error {
+	if err := r.writable(key); err != nil {
+		return err
+	}
+	var b writeBatch
+	r.queueMirrorXactLock(&b, key)
+	r.queueDelete(&b, key)
+	r.queueOutbox(&b, key)
+	if err := tx.SendBatch(ctx, &b.b).Close(); err != nil {
+		return r.newErr(key, err)
+	}
+	return nil
+}
+
+// writable checks that writes are configured and key is valid.
+func (r *Repo[T]) writable(key int64) error {
+	if r.w == nil {
+		return ErrNoWrites
+	}
+	if err := keys.Check(key); err != nil {
+		return fmt.Errorf("lazy: write %s: %w", r.cfg.Table, err)
+	}
+	return nil
+}
+
+// checkWrite validates a write of rec under key and returns its values.
+func (r *Repo[T]) checkWrite(key int64, rec T) ([]any, error) {
+	if err := r.writable(key); err != nil {
+		return nil, err
+	}
+	vals, err := r.w.encode(rec)
+	if err != nil {
+		return nil, fmt.Errorf("lazy: write %s key %d: %w", r.cfg.Table, key, err)
+	}
+	if k, ok := asKey(vals[r.w.keyIdx]); !ok || k != key {
+		return nil, fmt.Errorf("%w: write %s: the record's key field is %v, not %d", ErrKeyMismatch, r.cfg.Table, vals[r.w.keyIdx], key)
+	}
+	return vals, nil
+}
+
+func asKey(v any) (int64, bool) {
+	switch k := v.(type) {
+	case int64:
+		return k, true
+	case int32:
+		return int64(k), true
+	case int16:
+		return int64(k), true
+	case int:
+		return int64(k), true
+	}
+	return 0, false
+}
+
+func (r *Repo[T]) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	conn, err := r.w.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: write %s: %w", ErrNewUnavailable, r.cfg.Table, err)
+	}
+	return conn, nil
+}
+
+func (r *Repo[T]) mirrors() bool { return !r.cfg.DisableMirror }
+
+// queueMirrorLock takes key's mirror lock for the session: it is held from
+// before the NEW transaction until OLD has the change, so that the changes
+// of one key reach OLD in the order NEW committed them.
+func (r *Repo[T]) queueMirrorLock(b *writeBatch, key int64) {
+	if r.mirrors() {
+		b.exec(`SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key))
+	}
+}
+
+// queueMirrorXactLock takes key's mirror lock inside a caller's
+// transaction, which waits for any mirror of key under way.
+func (r *Repo[T]) queueMirrorXactLock(b *writeBatch, key int64) {
+	if r.mirrors() {
+		b.exec(`SELECT pg_advisory_xact_lock($1)`, r.w.mirrorLock(key))
+	}
+}
+
+func (r *Repo[T]) queueOutbox(b *writeBatch, key int64) {
+	if r.mirrors() {
+		b.outbox(r.w.outboxSQL, r.tableID, key)
+	}
+}
+
+// writeBatch is a write's statements with what each returns.
+type writeBatch struct {
+	b     pgx.Batch
+	kinds []stmtKind
+}
+
+type stmtKind int
+
+const (
+	stmtExec      stmtKind = iota
+	stmtReturning          // the written row: its columns, then their text forms
+	stmtOutbox             // the outbox row's id
+)
+
+func (w *writeBatch) add(k stmtKind, sql string, args ...any) {
+	w.b.Queue(sql, args...)
+	w.kinds = append(w.kinds, k)
+}
+func (w *writeBatch) exec(sql string, args ...any)      { w.add(stmtExec, sql, args...) }
+func (w *writeBatch) returning(sql string, args ...any) { w.add(stmtReturning, sql, args...) }
+func (w *writeBatch) outbox(sql string, args ...any)    { w.add(stmtOutbox, sql, args...) }
+
+// written is what a write's batch returned.
+type written[T any] struct {
+	rec      T
+	text     []*string // the row as stored, in text form; nil for a delete
+	outboxID int64
+}
+
+// send runs b on conn and collects what its statements return.
+func (r *Repo[T]) send(ctx context.Context, conn *pgxpool.Conn, b *writeBatch) (written[T], error) {
+	var out written[T]
+	br := conn.SendBatch(ctx, &b.b)
+	defer br.Close()
+	n := len(r.w.cols)
+	for _, k := range b.kinds {
+		switch k {
+		case stmtExec:
+			if _, err := br.Exec(); err != nil {
+				return out, err
+			}
+		case stmtOutbox:
+			if err := br.QueryRow().Scan(&out.outboxID); err != nil {
+				return out, err
+			}
+		case stmtReturning:
+			rows, err := br.Query()
+			if err != nil {
+				return out, err
+			}
+			if !rows.Next() {
+				rows.Close()
+				if err := rows.Err(); err != nil {
+					return out, err
+				}
+				return out, pgx.ErrNoRows
+			}
+			if out.rec, err = r.cfg.Scan(&colsView{Rows: rows, lo: 0, hi: n}); err != nil {
+				rows.Close()
+				return out, scanError{err}
+			}
+			out.text = make([]*string, n)
+			for i, v := range rows.RawValues()[n:] {
+				if v != nil {
+					s := string(v)
+					out.text[i] = &s
+				}
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, br.Close()
+}
+
+// commit sends b, the write's transaction, on conn, then mirrors the change
+// to OLD and hands conn to finish.
+func (r *Repo[T]) commit(ctx context.Context, conn *pgxpool.Conn, b *writeBatch, key int64) (T, error) {
+	var zero T
+	res, err := r.send(ctx, conn, b)
+	if err != nil {
+		r.abandon(ctx, conn, key)
+		if isScanError(err) {
+			return zero, err
+		}
+		return zero, r.writeErr(key, err)
+	}
+	var mirrorErr error
+	if r.mirrors() {
+		mirrorErr = r.mirror(ctx, key, res.text)
+	}
+	r.finish(ctx, conn, key, res.outboxID, mirrorErr)
+	return res.rec, nil
+}
+
+// writeErr classifies a failed NEW write: a constraint or data error is the
+// record's fault; anything else is NEW's.
+func (r *Repo[T]) writeErr(key int64, err error) error {
+	if isDataError(err) {
+		return fmt.Errorf("lazy: write %s key %d: %w", r.cfg.Table, key, err)
+	}
+	return fmt.Errorf("%w: write %s key %d: %w", ErrNewUnavailable, r.cfg.Table, key, err)
+}

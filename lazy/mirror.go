@@ -35,7 +35,7 @@ type writes[T any] struct {
 	ns     int64 // mirror lock namespace
 
 	upsertSQL, updateSQL, lockRowSQL, deleteSQL string
-	tombSQL, untombSQL, outboxSQL                string
+	tombSQL, untombSQL, outboxSQL               string
 	reconcileSQL                                string
 
 	oldCols      []pgtable.Column // OLD columns mirrored

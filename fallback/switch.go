@@ -209,7 +209,7 @@ func (s *Switch) refresh(ctx context.Context) error {
 	}
 
 	s.mu.Lock()
-	if false && s.sets != sets {
+	if s.sets != sets {
 		// A Set of this process ran while the key was read: what was read
 		// may predate it, and the Set's mode is at least as new.
 		s.mu.Unlock()

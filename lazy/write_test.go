@@ -1,0 +1,413 @@
+package lazy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
+	"github.com/lazymigrate/lazymigrate/lazy"
+	"github.com/lazymigrate/lazymigrate/promote"
+)
+
+// writeRepo returns a repo over b's databases that can write: its Copier
+// shares b's tracker. cfg adds to the defaults.
+func writeRepo(t *testing.T, b *testBundle, cfg lazy.Config[Account]) *lazy.Repo[Account] {
+	t.Helper()
+	cfg.Table = "accounts"
+	if cfg.Copier == nil {
+		cfg.Copier = b.copier
+	}
+	if cfg.Tracker == nil {
+		cfg.Tracker = b.tracker
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = b.reg
+	}
+	repo, err := lazy.New(context.Background(), b.pair.Old.Pool, b.pair.New.Pool, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+	return repo
+}
+
+// tableText returns every row of accounts in db as text, by key.
+func tableText(t *testing.T, db *testenv.Database) map[int64]string {
+	t.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT id, a::text FROM accounts a`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[int64]string{}
+	for rows.Next() {
+		var id int64
+		var s string
+		if err := rows.Scan(&id, &s); err != nil {
+			t.Fatal(err)
+		}
+		out[id] = s
+	}
+	return out
+}
+
+func requireOldEqualsNew(t *testing.T, b *testBundle) {
+	t.Helper()
+	o, n := tableText(t, b.pair.Old), tableText(t, b.pair.New)
+	for k, v := range n {
+		if o[k] != v {
+			t.Fatalf("key %d: OLD %q, NEW %q", k, o[k], v)
+		}
+	}
+}
+
+func outboxLen(t *testing.T, b *testBundle) int {
+	t.Helper()
+	var n int
+	if err := b.pair.New.Pool.QueryRow(context.Background(), `SELECT count(*) FROM lazymigrate.outbox`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// same compares accounts, times by instant (pgx decodes them in Local).
+func same(a, b Account) bool {
+	return a.ID == b.ID && a.Email == b.Email && a.Name == b.Name && a.BalanceCents == b.BalanceCents &&
+		a.Status == b.Status && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt)
+}
+
+func account(id int64, name string) Account {
+	at := time.Date(2025, 3, 4, 5, 6, 7, 123456000, time.UTC)
+	return Account{ID: id, Email: fmt.Sprintf("a%d@example.com", id), Name: name, BalanceCents: id * 10, Status: "active", CreatedAt: at, UpdatedAt: at}
+}
+
+func TestPutStoresAndMirrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{})
+
+	for _, k := range []int64{3, 5000} { // in OLD already; nowhere yet
+		stored, err := repo.Put(ctx, k, account(k, "put"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !same(stored, account(k, "put")) {
+			t.Fatalf("Put returned %+v, want the record as given", stored)
+		}
+		got, err := repo.Get(ctx, k)
+		if err != nil || !same(got, stored) {
+			t.Fatalf("Get(%d) after Put = %+v, %v", k, got, err)
+		}
+	}
+	repo.Close()
+	requireOldEqualsNew(t, b)
+	if n := outboxLen(t, b); n != 0 {
+		t.Fatalf("%d outbox entries left after mirrored writes", n)
+	}
+	if ok, err := b.tracker.IsSettled(ctx, 5000); err != nil || !ok {
+		t.Fatalf("key 5000 not settled after Put: %v, %v", ok, err)
+	}
+	if got := b.metric(t, "lazymigrate_mirror_total", "ok"); got != 2 {
+		t.Fatalf("mirror_total{ok} = %v, want 2", got)
+	}
+}
+
+// Bad input is a clear error and writes nothing.
+func TestWritesRejectBadInput(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{})
+	before := tableText(t, b.pair.Old)
+
+	if _, err := repo.Put(ctx, -1, account(-1, "x")); !errors.Is(err, lazy.ErrInvalidKey) {
+		t.Fatalf("Put(-1) err = %v, want ErrInvalidKey", err)
+	}
+	if _, err := repo.Put(ctx, 4, account(5, "x")); !errors.Is(err, lazy.ErrKeyMismatch) {
+		t.Fatalf("Put(4, record of 5) err = %v, want ErrKeyMismatch", err)
+	}
+	if _, err := repo.Update(ctx, 4, nil); err == nil {
+		t.Fatal("Update with a nil function: want an error")
+	}
+	if _, err := repo.Update(ctx, 4, func(a *Account) error { a.ID = 6; return nil }); !errors.Is(err, lazy.ErrKeyMismatch) {
+		t.Fatalf("Update that changes the key: err = %v, want ErrKeyMismatch", err)
+	}
+	if err := repo.Delete(ctx, -3); !errors.Is(err, lazy.ErrInvalidKey) {
+		t.Fatalf("Delete(-3) err = %v, want ErrInvalidKey", err)
+	}
+	repo.Close()
+	// Update promoted key 4 before failing; nothing else may have changed.
+	if got := tableText(t, b.pair.New); len(got) != 1 || got[4] != before[4] {
+		t.Fatalf("NEW after rejected writes = %v, want key 4 as promoted", got)
+	}
+	if got := tableText(t, b.pair.Old); len(got) != len(before) || got[4] != before[4] {
+		t.Fatal("OLD changed by rejected writes")
+	}
+	if _, err := lazy.New(ctx, b.pair.Old.Pool, b.pair.New.Pool, &lazy.Config[Account]{Table: "accounts"}); err != nil {
+		t.Fatal(err)
+	}
+	readOnly, _ := lazy.New(ctx, b.pair.Old.Pool, b.pair.New.Pool, &lazy.Config[Account]{Table: "accounts"})
+	if _, err := readOnly.Put(ctx, 1, account(1, "x")); !errors.Is(err, lazy.ErrNoWrites) {
+		t.Fatalf("Put on a repo without a Copier: err = %v, want ErrNoWrites", err)
+	}
+}
+
+func TestUpdatePromotesAndModifies(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{})
+
+	got, err := repo.Update(ctx, 7, func(a *Account) error {
+		if a.Email != "user7@example.com" {
+			return fmt.Errorf("fn got %+v, want OLD's record", a)
+		}
+		a.BalanceCents += 1000
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.BalanceCents != 7*100+7+1000 {
+		t.Fatalf("Update returned balance %d", got.BalanceCents)
+	}
+	refused := errors.New("insufficient funds")
+	if _, err := repo.Update(ctx, 7, func(a *Account) error { a.BalanceCents = 0; return refused }); !errors.Is(err, refused) {
+		t.Fatalf("Update with a failing fn: err = %v, want fn's error", err)
+	}
+	if now, _ := repo.Get(ctx, 7); !same(now, got) {
+		t.Fatalf("a failed Update changed the record: %+v", now)
+	}
+	if _, err := repo.Update(ctx, 5000, func(*Account) error { return nil }); !errors.Is(err, lazy.ErrNotFound) {
+		t.Fatalf("Update of a key in neither database: err = %v, want ErrNotFound", err)
+	}
+	repo.Close()
+	requireOldEqualsNew(t, b)
+}
+
+func TestDeleteTombstonesAndMirrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{})
+
+	if err := repo.Delete(ctx, 8); err != nil { // only in OLD
+		t.Fatal(err)
+	}
+	if err := repo.Delete(ctx, 8); err != nil {
+		t.Fatalf("second Delete: %v", err)
+	}
+	if _, err := repo.Get(ctx, 8); !errors.Is(err, lazy.ErrNotFound) {
+		t.Fatalf("Get after Delete: err = %v, want ErrNotFound", err)
+	}
+	if err := repo.Migrate(ctx, 8); !errors.Is(err, lazy.ErrNotFound) {
+		t.Fatalf("Migrate of a deleted key: err = %v, want ErrNotFound", err)
+	}
+	repo.Close()
+	if _, ok := tableText(t, b.pair.Old)[8]; ok {
+		t.Fatal("the delete was not mirrored to OLD")
+	}
+
+	// A Put creates the key again.
+	if _, err := repo.Put(ctx, 8, account(8, "again")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := repo.Get(ctx, 8); err != nil || got.Name != "again" {
+		t.Fatalf("Get after re-Put = %+v, %v", got, err)
+	}
+	repo.Close()
+	requireOldEqualsNew(t, b)
+}
+
+// Invariant 3: a key deleted while its promotion is between the OLD read
+// and the NEW insert stays deleted; so it does after the tracker is lost,
+// rebuilt, its range swept and the key read again. Mirroring is off, so
+// OLD keeps the row that must not come back.
+func TestDeleteDuringPromotionNeverResurrects(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	paused, resume := make(chan struct{}), make(chan struct{})
+	slow, err := promote.NewCopier(ctx, b.pair.Old.Pool, b.pair.New.Pool, &promote.CopierConfig{
+		Table: "accounts", Marker: b.tracker,
+		Hooks: promote.Hooks{AfterRead: func(context.Context, []int64) { close(paused); <-resume }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := writeRepo(t, b, lazy.Config[Account]{DisableMirror: true})
+
+	copied := make(chan error, 1)
+	go func() { _, err := slow.CopyKeys(ctx, []int64{9}); copied <- err }()
+	<-paused // the promotion has read key 9 from OLD
+	if err := repo.Delete(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	close(resume)
+	if err := <-copied; err != nil {
+		t.Fatal(err)
+	}
+	requireGone := func(stage string) {
+		t.Helper()
+		if _, ok := tableText(t, b.pair.New)[9]; ok {
+			t.Fatalf("%s: deleted key 9 is back in NEW", stage)
+		}
+		if _, err := repo.Get(ctx, 9); !errors.Is(err, lazy.ErrNotFound) {
+			t.Fatalf("%s: Get(9) err = %v, want ErrNotFound", stage, err)
+		}
+	}
+	requireGone("after the paused promotion")
+
+	repo.Close()
+	if err := b.tracker.Reset(ctx); err != nil { // Redis lost every bit
+		t.Fatal(err)
+	}
+	requireGone("with the tracker empty")
+	if _, err := b.tracker.Rebuild(ctx, b.pair.New.Pool, "accounts", "id"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.copier.CopyRange(ctx, 0, 200); err != nil { // a sweep of its range
+		t.Fatal(err)
+	}
+	requireGone("after rebuild and sweep")
+	if _, ok := tableText(t, b.pair.Old)[9]; !ok {
+		t.Fatal("OLD lost key 9: the test no longer proves anything")
+	}
+}
+
+// OLD refusing writes for a while: writes still succeed; once OLD is back
+// and the relay has run, OLD equals NEW.
+func TestMirrorFailureConverges(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	b.pair.Old.Exec(t, `
+		CREATE TABLE refuse (on_ boolean);
+		INSERT INTO refuse VALUES (true);
+		CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN IF EXISTS (SELECT 1 FROM refuse) THEN RAISE EXCEPTION 'OLD refuses writes'; END IF; RETURN NULL; END $$;
+		CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON accounts FOR EACH STATEMENT EXECUTE FUNCTION refuse();`)
+	repo := writeRepo(t, b, lazy.Config[Account]{RelayDelay: time.Millisecond})
+
+	if _, err := repo.Put(ctx, 1, account(1, "while OLD refuses")); err != nil {
+		t.Fatalf("Put while OLD refuses writes: %v", err)
+	}
+	if _, err := repo.Update(ctx, 2, func(a *Account) error { a.Name = "updated"; return nil }); err != nil {
+		t.Fatalf("Update while OLD refuses writes: %v", err)
+	}
+	if err := repo.Delete(ctx, 3); err != nil {
+		t.Fatalf("Delete while OLD refuses writes: %v", err)
+	}
+	if _, err := repo.Put(ctx, 5000, account(5000, "new key")); err != nil {
+		t.Fatal(err)
+	}
+	repo.Close()
+	if got := b.metric(t, "lazymigrate_mirror_total", "failed"); got != 4 {
+		t.Fatalf("mirror_total{failed} = %v, want 4", got)
+	}
+	if n := outboxLen(t, b); n != 4 {
+		t.Fatalf("outbox holds %d entries, want 4", n)
+	}
+	if _, err := repo.RelayOnce(ctx); err == nil {
+		t.Fatal("the relay reported success while OLD still refuses writes")
+	}
+
+	b.pair.Old.Exec(t, `DELETE FROM refuse`)
+	testenv.Eventually(t, 10*time.Second, "the relay drains the outbox", func() bool {
+		_, err := repo.RelayOnce(ctx)
+		return err == nil && outboxLen(t, b) == 0
+	})
+	requireOldEqualsNew(t, b)
+	if _, ok := tableText(t, b.pair.Old)[3]; ok {
+		t.Fatal("the delete of key 3 never reached OLD")
+	}
+}
+
+func TestWritesInCallersTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{RelayDelay: time.Millisecond})
+
+	tx, err := b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.PutTx(ctx, tx, 11, account(11, "in tx")); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.DeleteTx(ctx, tx, 12); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE accounts SET name = 'same tx' WHERE id = 11`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := repo.Get(ctx, 11); got.Name == "in tx" {
+		t.Fatal("a rolled-back PutTx is visible")
+	}
+
+	tx, err = b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.PutTx(ctx, tx, 11, account(11, "in tx")); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.DeleteTx(ctx, tx, 12); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Reconcile(ctx, 11); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := repo.RelayOnce(ctx); err != nil || n != 1 {
+		t.Fatalf("relay reconciled %d keys (%v), want key 12", n, err)
+	}
+	requireOldEqualsNew(t, b)
+	if _, ok := tableText(t, b.pair.Old)[12]; ok {
+		t.Fatal("DeleteTx never reached OLD")
+	}
+	if n := outboxLen(t, b); n != 0 {
+		t.Fatalf("%d outbox entries left", n)
+	}
+}
+
+func TestMirroringNeedsReverseTransformWhenSchemasDiffer(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	p.Old.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, first text, last text)`)
+	p.New.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, full_name text)`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
+		Table: "people",
+		Transform: func(_ context.Context, o promote.Row) (promote.Row, error) {
+			return promote.Row{"id": o["id"], "full_name": fmt.Sprint(o["first"], " ", o["last"])}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type person struct {
+		ID       int64  `db:"id"`
+		FullName string `db:"full_name"`
+	}
+	_, err = lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[person]{Table: "people", Copier: cp, OldColumns: []string{"id", "first", "last"}})
+	if err == nil {
+		t.Fatal("mirroring across differing schemas without a ReverseTransform: want an error")
+	}
+	if _, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[person]{Table: "people", Copier: cp, DisableMirror: true, OldColumns: []string{"id", "first", "last"}}); err != nil {
+		t.Fatalf("the same without mirroring: %v", err)
+	}
+}

@@ -81,32 +81,35 @@ func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) 
 	if fn == nil {
 		return zero, fmt.Errorf("lazy: update %s key %d: nil update function", r.cfg.Table, key)
 	}
-	conn, err := r.acquire(ctx)
-	if err != nil {
-		return zero, err
+	// The row must be in NEW. If it is not, promote it and start over: the
+	// promotion needs NEW connections of its own, and holding one here
+	// while waiting for another can exhaust the pool.
+	var (
+		conn *pgxpool.Conn
+		cur  T
+	)
+	for attempt := 0; ; attempt++ {
+		var err error
+		if conn, err = r.acquire(ctx); err != nil {
+			return zero, err
+		}
+		if cur, err = r.lockRow(ctx, conn, key); err == nil {
+			break
+		}
+		r.abandon(ctx, conn, key)
+		switch {
+		case !errors.Is(err, pgx.ErrNoRows):
+			return zero, err
+		case attempt == 1:
+			return zero, r.notFound(key)
+		}
+		if err := r.migrate(ctx, key); err != nil {
+			return zero, err
+		}
 	}
 	fail := func(err error) (T, error) {
 		r.abandon(ctx, conn, key)
 		return zero, err
-	}
-	if r.mirrors() {
-		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key)); err != nil {
-			return fail(r.newErr(key, err))
-		}
-	}
-	cur, err := r.lockRow(ctx, conn, key)
-	if errors.Is(err, pgx.ErrNoRows) {
-		// Not in NEW yet: promote it (on other connections) and look again.
-		if err := r.migrate(ctx, key); err != nil {
-			return fail(err)
-		}
-		cur, err = r.lockRow(ctx, conn, key)
-	}
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return fail(r.notFound(key))
-	case err != nil:
-		return fail(err)
 	}
 	if err := fn(&cur); err != nil {
 		return fail(err)
@@ -123,19 +126,21 @@ func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) 
 	return r.commit(ctx, conn, &b, key)
 }
 
-// lockRow starts a transaction on conn and reads key's row FOR UPDATE. On
-// pgx.ErrNoRows the transaction has been rolled back.
+// lockRow takes key's mirror lock on conn, starts a transaction and reads
+// key's row FOR UPDATE. The caller abandons conn on error.
 func (r *Repo[T]) lockRow(ctx context.Context, conn *pgxpool.Conn, key int64) (T, error) {
 	var zero T
+	if r.mirrors() {
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key)); err != nil {
+			return zero, r.newErr(key, err)
+		}
+	}
 	if _, err := conn.Exec(ctx, `BEGIN ISOLATION LEVEL READ COMMITTED`); err != nil {
 		return zero, r.newErr(key, err)
 	}
 	v, err := queryOne(ctx, conn, r.w.lockRowSQL, key, r.cfg.Scan)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		if _, err := conn.Exec(ctx, `ROLLBACK`); err != nil {
-			return zero, r.newErr(key, err)
-		}
 		return zero, pgx.ErrNoRows
 	case err != nil:
 		return zero, r.newErr(key, err)

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
 	"github.com/lazymigrate/lazymigrate/lazy"
@@ -409,5 +412,47 @@ func TestMirroringNeedsReverseTransformWhenSchemasDiffer(t *testing.T) {
 	}
 	if _, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[person]{Table: "people", Copier: cp, DisableMirror: true, OldColumns: []string{"id", "first", "last"}}); err != nil {
 		t.Fatalf("the same without mirroring: %v", err)
+	}
+}
+
+// An Update of a key not yet in NEW promotes it, which needs NEW
+// connections of its own: holding one while waiting for another deadlocks
+// a small pool as soon as updates run side by side.
+func TestConcurrentUpdatesDoNotExhaustPool(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	cfg, err := pgxpool.ParseConfig(b.pair.New.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 2
+	small, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(small.Close)
+	cp, err := promote.NewCopier(context.Background(), b.pair.Old.Pool, small, &promote.CopierConfig{Table: "accounts"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := lazy.New(context.Background(), b.pair.Old.Pool, small, &lazy.Config[Account]{Table: "accounts", Copier: cp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		wg.Go(func() {
+			_, errs[i] = repo.Update(ctx, int64(20+i), func(a *Account) error { a.Status = "updated"; return nil })
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Update %d: %v", i, err)
+		}
 	}
 }

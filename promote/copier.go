@@ -311,7 +311,8 @@ func (c *Copier) copy(ctx context.Context, selSQL string, selArgs []any, tombSQL
 	}
 	copied, tombstoned, err := c.writeNew(ctx, batch, tombSQL, tombArgs)
 	if err != nil {
-		return Result{}, nil, err
+		c.rows.WithLabelValues("copied").Add(float64(copied))
+		return Result{Copied: copied}, nil, err
 	}
 
 	inOld := make(map[int64]struct{}, len(batch.keys))

@@ -249,3 +249,81 @@ func TestNewCopierRefusesTransactionForNew(t *testing.T) {
 		t.Fatal("NewCopier with a transaction for NEW: want an error")
 	}
 }
+
+// The Transform path reads types pgx does not know (domains, composites)
+// in text form: under OLD's own settings that text would be lossy (floats
+// rounded) or ambiguous (IST is India to OLD, Israel to NEW).
+func TestTransformPathIgnoresSessionSettings(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, ddl, insert, check string
+	}{
+		{"FloatDomain", `CREATE DOMAIN fd AS float8; CREATE TABLE u (id bigint PRIMARY KEY, f fd)`,
+			`INSERT INTO u VALUES (1, 0.1::float8 + 0.2::float8)`, `SELECT f = 0.1::float8 + 0.2::float8 FROM u`},
+		{"CompositeTimestamp", `CREATE TYPE ev AS (at timestamptz); CREATE TABLE u (id bigint PRIMARY KEY, e ev)`,
+			`INSERT INTO u VALUES (1, ROW('2024-02-01 10:00:00.5+03'))`, `SELECT (e).at = '2024-02-01 07:00:00.5+00' FROM u`},
+		{"TimestampDomain", `CREATE DOMAIN tsd AS timestamptz; CREATE TABLE u (id bigint PRIMARY KEY, ts tsd)`,
+			`INSERT INTO u VALUES (1, '2024-02-01 10:00:00.5+03')`, `SELECT ts = '2024-02-01 07:00:00.5+00' FROM u`},
+		{"Infinities", `CREATE TABLE u (id bigint PRIMARY KEY, a timestamp, b timestamptz, c date)`,
+			`INSERT INTO u VALUES (1, 'infinity', '-infinity', 'infinity')`, `SELECT a = 'infinity' AND b = '-infinity' AND c = 'infinity' FROM u`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			p := testenv.NewPair(t)
+			p.Old.Exec(t, tc.ddl)
+			p.New.Exec(t, tc.ddl)
+			p.Old.Exec(t, tc.insert)
+			p.Old.Exec(t, fmt.Sprintf(`ALTER DATABASE %q SET DateStyle = 'Postgres, DMY'`, p.Old.Name))
+			p.Old.Exec(t, fmt.Sprintf(`ALTER DATABASE %q SET TimeZone = 'Asia/Kolkata'`, p.Old.Name))
+			p.Old.Exec(t, fmt.Sprintf(`ALTER DATABASE %q SET extra_float_digits = 0`, p.Old.Name))
+			identity := func(_ context.Context, r promote.Row) (promote.Row, error) { return r, nil }
+			cp := newCopier(t, p, freshPool(t, p.Old), p.New.Pool, promote.CopierConfig{Table: "u", Transform: identity})
+			if _, err := cp.CopyKeys(ctx, []int64{1}); err != nil {
+				t.Fatal(err)
+			}
+			var ok bool
+			if err := p.New.Pool.QueryRow(ctx, tc.check).Scan(&ok); err != nil || !ok {
+				t.Fatalf("copy not faithful (%v): %s", err, tc.check)
+			}
+		})
+	}
+}
+
+// A copy must give up when its context does, even when NEW cannot give it
+// a connection: nothing in the copy may wait without the caller's deadline.
+func TestCopyHonoursDeadlineWhenNewIsUnavailable(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	cfg, err := pgxpool.ParseConfig(b.pair.New.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	small, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(small.Close)
+	cp, err := promote.NewCopier(context.Background(), b.pair.Old.Pool, small, &promote.CopierConfig{Table: "accounts"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := small.Acquire(context.Background()) // NEW has nothing left to give
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { _, err := cp.CopyKeys(ctx, []int64{1, 2, 3}); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a copy without a NEW connection succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the copy was still running 10s after its 300ms deadline")
+	}
+}

@@ -487,7 +487,7 @@ func TestCopyQuotesIdentifiers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cp.TableID() != `Odd Schema.My "Table"` {
+	if cp.TableID() != `"Odd Schema"."My ""Table"""` {
 		t.Fatalf("TableID = %q", cp.TableID())
 	}
 	if res, err := cp.CopyKeys(ctx, []int64{1}); err != nil || res.Copied != 1 {

@@ -214,6 +214,13 @@ const flushTimeout = 5 * time.Second
 // cancels a flush half done and drops the keys it had taken.
 func (e *Enqueuer) run(ctx context.Context) {
 	defer close(e.done)
+	defer func() {
+		// However the loop ends (Stop, or Start's context), nothing will
+		// enqueue keys any more: Schedule must refuse them.
+		e.mu.Lock()
+		e.stopped = true
+		e.mu.Unlock()
+	}()
 	t := time.NewTicker(e.cfg.FlushInterval)
 	defer t.Stop()
 	flush := func() {

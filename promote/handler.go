@@ -112,7 +112,10 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			h.log.ErrorContext(ctx, "lazymigrate: row rejected by NEW; fix the data or the schema, then the sweeper copies it",
 				"table", p.Table, "key", r.key, "error", r.err)
 		}
-		return fmt.Errorf("promote %s: %d of %d keys rejected %v, first: %w: %w", p.Table, len(ks), len(p.Keys), ks, rejected[0].err, asynq.SkipRetry)
+		// asynq keeps the message with the archived task: name a few keys.
+		named := ks[:min(len(ks), 20)]
+		return fmt.Errorf("promote %s: %d of %d keys rejected, among them %v; first error: %w: %w",
+			p.Table, len(ks), len(p.Keys), named, rejected[0].err, asynq.SkipRetry)
 	}
 	h.tasks.WithLabelValues(p.Table, "ok").Inc()
 	return nil
@@ -126,27 +129,43 @@ type rejection struct {
 // copyIsolating copies ks; when rows are rejected it halves the batch until
 // each rejected key stands alone, and copies the others. A batch that fails
 // partway may have committed some of its transactions: the halves then find
-// those rows present, which is what makes halving safe.
-func copyIsolating(ctx context.Context, cp *Copier, ks []int64) (Result, []rejection, error) {
+// those rows present, which is what makes halving safe. Once budget copies
+// are spent, a rejected batch is given up whole.
+func copyIsolating(ctx context.Context, cp *Copier, ks []int64, budget *int) (Result, []rejection, error) {
+	if *budget <= 0 {
+		// Some of these keys may be fine; a later read or the sweeper
+		// copies those. They are reported rather than retried for ever.
+		err := fmt.Errorf("%w: not isolated: the task's budget of %d copies is spent", ErrRowRejected, isolationBudget)
+		rej := make([]rejection, len(ks))
+		for i, k := range ks {
+			rej[i] = rejection{k, err}
+		}
+		return Result{}, rej, nil
+	}
+	*budget--
 	res, err := cp.CopyKeys(ctx, ks)
 	switch {
 	case err == nil:
 		return res, nil, nil
 	case !errors.Is(err, ErrRowRejected):
 		return Result{}, nil, err
-	case len(ks) == 1:
-		return Result{}, []rejection{{ks[0], err}}, nil
+	case len(ks) == 1 || *budget < 2:
+		rej := make([]rejection, len(ks))
+		for i, k := range ks {
+			rej[i] = rejection{k, err}
+		}
+		return Result{Copied: res.Copied}, rej, nil
 	}
 	mid := len(ks) / 2
-	r1, rej1, err := copyIsolating(ctx, cp, ks[:mid])
+	r1, rej1, err := copyIsolating(ctx, cp, ks[:mid], budget)
 	if err != nil {
 		return Result{}, nil, err
 	}
-	r2, rej2, err := copyIsolating(ctx, cp, ks[mid:])
+	r2, rej2, err := copyIsolating(ctx, cp, ks[mid:], budget)
 	if err != nil {
 		return Result{}, nil, err
 	}
-	return r1.Add(r2), append(rej1, rej2...), nil
+	return Result{Copied: res.Copied}.Add(r1).Add(r2), append(rej1, rej2...), nil
 }
 
 // promote copies the keys that are not settled yet; skipped counts the rest.
@@ -167,6 +186,13 @@ func (h *Handler) promote(ctx context.Context, cp *Copier, ks []int64) (res Resu
 			skipped, ks = len(ks)-len(todo), todo
 		}
 	}
-	res, rejected, err = copyIsolating(ctx, cp, keys.SortedUnique(ks))
+	budget := isolationBudget
+	res, rejected, err = copyIsolating(ctx, cp, keys.SortedUnique(ks), &budget)
 	return res, skipped, rejected, err
 }
+
+// isolationBudget caps the copies one task spends isolating rejected rows:
+// halving finds a few bad rows in a batch cheaply, but a batch where every
+// row is bad (NEW gained a constraint OLD's data breaks) would take twice
+// as many copies as keys, past the task's timeout.
+const isolationBudget = 64

@@ -3,8 +3,10 @@ package promote
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lazymigrate/lazymigrate/internal/pgtext"
 )
@@ -82,42 +84,52 @@ func (c *Copier) writeNew(ctx context.Context, rows oldRows, tombSQL string, tom
 			c.rollback(ctx)
 		}
 	}()
+	// copied counts the groups that committed before a failure too: the
+	// caller reports them even when a later group fails.
 	for range gs {
 		if _, err := br.Exec(); err != nil {
-			return 0, nil, newError(c.cfg.Table, err)
+			return copied, nil, newError(c.cfg.Table, err)
 		}
 		if _, err := br.Exec(); err != nil {
-			return 0, nil, newError(c.cfg.Table, err)
+			return copied, nil, newError(c.cfg.Table, err)
 		}
 		ins, err := br.Query()
 		if err != nil {
-			return 0, nil, newError(c.cfg.Table, err)
+			return copied, nil, newError(c.cfg.Table, err)
 		}
+		n := 0
 		for ins.Next() {
-			copied++
+			n++
 		}
 		if err := ins.Err(); err != nil {
-			return 0, nil, newError(c.cfg.Table, err)
+			return copied, nil, newError(c.cfg.Table, err)
 		}
 		if _, err := br.Exec(); err != nil {
-			return 0, nil, newError(c.cfg.Table, err)
+			return copied, nil, newError(c.cfg.Table, err)
 		}
+		copied += n
 	}
 	tombRows, err := br.Query()
 	if err != nil {
-		return 0, nil, newError(c.cfg.Table, err)
+		return copied, nil, newError(c.cfg.Table, err)
 	}
 	if tombstoned, err = pgx.CollectRows(tombRows, pgx.RowTo[int64]); err != nil {
-		return 0, nil, newError(c.cfg.Table, err)
+		return copied, nil, newError(c.cfg.Table, err)
 	}
 	return copied, tombstoned, nil
 }
 
-// rollback ends a transaction a failed batch left open. A pool already
-// discards such a connection; a single *pgx.Conn would otherwise stay in
-// the aborted transaction.
+// rollback ends a transaction a failed batch left open on a single
+// connection. A pool needs none: it discards a connection returned in a
+// transaction, and a ROLLBACK sent through it would go to another one
+// (waiting, when NEW is unreachable, for a connection that never comes).
 func (c *Copier) rollback(ctx context.Context) {
+	if _, isPool := c.new.(*pgxpool.Pool); isPool {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	b := &pgx.Batch{}
 	b.Queue(`ROLLBACK`)
-	_ = c.new.SendBatch(context.WithoutCancel(ctx), b).Close()
+	_ = c.new.SendBatch(ctx, b).Close()
 }

@@ -33,8 +33,20 @@ func (c *Copier) buildSQL(ot, nt *pgtable.Table, oldKey pgtable.Column) {
 		}
 	}
 	list := strings.Join(sel, ", ")
-	c.selectSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = ANY($1::bigint[])`, list, ot.Ident, keyRef)
-	c.selectRangeSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= $1 AND %s < $2`, list, ot.Ident, keyRef, keyRef)
+	from := ot.Ident
+	if c.cfg.Transform != nil {
+		// The transform path reads some columns in text form with result
+		// formats of its own, which a batch cannot carry; so the settings
+		// are pinned in the statement: no row is produced, let alone
+		// printed, before the CTE has run.
+		from = ot.Ident + ", lm_pin"
+	}
+	c.selectSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = ANY($1::bigint[])`, list, from, keyRef)
+	c.selectRangeSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= $1 AND %s < $2`, list, from, keyRef, keyRef)
+	if c.cfg.Transform != nil {
+		pin := "WITH lm_pin AS MATERIALIZED (" + pgtext.PinOutput + ") "
+		c.selectSQL, c.selectRangeSQL = pin+c.selectSQL, pin+c.selectRangeSQL
+	}
 
 	names := make([]string, len(c.cols))
 	arrays := make([]string, len(c.cols))
@@ -127,9 +139,11 @@ func (c *Copier) add(out *oldRows, seen map[int64]struct{}, k int64, vals []*str
 }
 
 // readOldTransformed reads whole OLD rows, passes each through the
-// Transform and renders the result in text form for NEW. Values pgx would
-// change on the way (json numbers past 2^53, json key order) or cannot
-// decode (enums and other types it does not know) are read as text instead.
+// Transform and renders the result in text form for NEW. Columns pgx would
+// change on the way (json numbers past 2^53, json key order) or does not
+// know (enums, domains, composites) are read as text, printed under pinned
+// settings (see pgtext.PinOutput) like the plain path's; the rest are
+// decoded from the binary form.
 func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any) (oldRows, error) {
 	m := pgtype.NewMap()
 	formats := make(pgx.QueryResultFormats, len(c.oldCols))
@@ -147,11 +161,8 @@ func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any)
 	var out oldRows
 	seen := map[int64]struct{}{}
 	for rows.Next() {
-		values, err := rows.Values()
-		if err != nil {
-			return oldRows{}, oldError(c.cfg.Table, err)
-		}
 		raw := rows.RawValues()
+		fds := rows.FieldDescriptions()
 		old := make(Row, len(c.oldCols))
 		for i, col := range c.oldCols {
 			switch {
@@ -162,7 +173,18 @@ func (c *Copier) readOldTransformed(ctx context.Context, sql string, args []any)
 			case formats[i] == pgx.TextFormatCode:
 				old[col.Name] = string(raw[i])
 			default:
-				old[col.Name] = values[i]
+				// The server names the type it sent, a domain's base type
+				// included; decode with that.
+				t, ok := m.TypeForOID(fds[i].DataTypeOID)
+				if !ok {
+					old[col.Name] = string(raw[i])
+					continue
+				}
+				v, err := t.Codec.DecodeValue(m, fds[i].DataTypeOID, pgx.BinaryFormatCode, raw[i])
+				if err != nil {
+					return oldRows{}, fmt.Errorf("%w: copy %s: decode column %q: %w", ErrRowRejected, c.cfg.Table, col.Name, err)
+				}
+				old[col.Name] = v
 			}
 		}
 		k, err := keyOf(old[c.cfg.KeyColumn])

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -479,7 +480,7 @@ func TestHandlerIsolatesRejectedRows(t *testing.T) {
 	if !errors.Is(err, promote.ErrRowRejected) || !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want ErrRowRejected and SkipRetry", err)
 	}
-	if !strings.Contains(err.Error(), "[7 13]") {
+	if !strings.Contains(err.Error(), "among them [7 13]") {
 		t.Fatalf("error does not name the rejected keys: %v", err)
 	}
 	got := rowsText(t, p.New, "t")
@@ -494,5 +495,73 @@ func TestHandlerIsolatesRejectedRows(t *testing.T) {
 	}
 	if n := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); n != 18 {
 		t.Fatalf("copied = %v, want 18", n)
+	}
+}
+
+// An Enqueuer whose Start context ended enqueues nothing more, so it must
+// refuse keys rather than accept and lose them.
+func TestEnqueuerRefusesKeysAfterStartContextEnds(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	e, err := promote.NewEnqueuer(&recorder{}, "accounts", &promote.EnqueuerConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	k := int64(0)
+	testenv.Eventually(t, 5*time.Second, "Schedule refuses keys once the loop has ended", func() bool {
+		k++
+		return e.Schedule(k) == 0
+	})
+	e.Stop()
+	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got < 1 {
+		t.Fatal("refused keys were not counted as dropped")
+	}
+}
+
+// A task whose every row NEW rejects must not spend twice as many copies
+// as keys isolating them.
+func TestHandlerBoundsIsolationOfRejectedBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	p.Old.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s text)`)
+	p.New.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s varchar(1))`)
+	p.Old.Exec(t, `INSERT INTO t SELECT i, 'too long' FROM generate_series(1, 500) i`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	var copies atomic.Int64
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
+		Table: "t", Hooks: promote.Hooks{AfterRead: func(context.Context, []int64) { copies.Add(1) }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	h, err := promote.NewHandler([]*promote.Copier{cp}, &promote.HandlerConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := make([]int64, 500)
+	for i := range ks {
+		ks[i] = int64(i + 1)
+	}
+	task, err := promote.NewTask("t", ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.ProcessTask(ctx, task); !errors.Is(err, promote.ErrRowRejected) || !errors.Is(err, asynq.SkipRetry) {
+		t.Fatalf("err = %v, want ErrRowRejected and SkipRetry", err)
+	}
+	if n := copies.Load(); n > 64 {
+		t.Fatalf("%d copies to isolate an all-bad batch of 500", n)
+	}
+	if n := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "rejected"); n != 500 {
+		t.Fatalf("rejected = %v, want 500", n)
 	}
 }

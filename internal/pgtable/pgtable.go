@@ -31,8 +31,10 @@ type Querier interface {
 
 // Table is a table as the catalog describes it.
 type Table struct {
-	// ID is the table's stable identity, "schema.name" unquoted. It names the
-	// table in tombstones and metric labels.
+	// ID is the table's stable identity: schema and name joined by a dot,
+	// each quoted only where SQL needs it (public.accounts,
+	// "Odd Schema"."My Table"), so that no two tables share one. It names
+	// the table in tombstones, locks and lazymigrate.tables.
 	ID string
 	// Ident is the table's name quoted for SQL, schema-qualified.
 	Ident string
@@ -77,9 +79,9 @@ func Describe(ctx context.Context, q Querier, name string) (*Table, error) {
 		foundTable bool
 	)
 	err := q.QueryRow(ctx, `
-		SELECT c.oid, n.nspname, c.relname
+		SELECT c.oid, n.nspname, c.relname, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')`, name).Scan(&t.oid, &nsp, &rel)
+		WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')`, name).Scan(&t.oid, &nsp, &rel, &t.ID)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
@@ -90,7 +92,6 @@ func Describe(ctx context.Context, q Querier, name string) (*Table, error) {
 	if !foundTable {
 		return nil, fmt.Errorf("%w: %q (check the name and the search_path)", ErrNotFound, name)
 	}
-	t.ID = nsp + "." + rel
 	t.Ident = pgx.Identifier{nsp, rel}.Sanitize()
 
 	rows, err := q.Query(ctx, `

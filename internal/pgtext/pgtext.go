@@ -22,10 +22,11 @@ const PinOutput = `SELECT set_config('DateStyle', 'ISO, YMD', true), set_config(
 	set_config('lc_monetary', 'C', true), set_config('TimeZone', 'UTC', true)`
 
 // PinInput fixes, for the current transaction only, the settings that
-// change how Postgres parses text written under PinOutput. Use it as a
-// prefix of a statement's select list: `PinInput + ", (SELECT ...)"`.
+// change how Postgres parses text written under PinOutput (xmloption too:
+// under "document" an XML fragment is refused). Use it as a statement, or
+// as a prefix of a select list: `PinInput + ", (SELECT ...)"`.
 const PinInput = `SELECT set_config('DateStyle', 'ISO, YMD', true), set_config('IntervalStyle', 'postgres', true),
-	set_config('lc_monetary', 'C', true)`
+	set_config('lc_monetary', 'C', true), set_config('xmloption', 'content', true)`
 
 // IsJSON reports whether oid is json or jsonb, which travel as raw text so
 // that numbers past 2^53 and key order survive.

@@ -108,15 +108,13 @@ func Check(ctx context.Context, db Querier) error {
 // the same key would not exclude each other.
 func RegisterStripeBits(ctx context.Context, db Querier, table string, bits uint) error {
 	var got int
+	// DO UPDATE, not DO NOTHING: it returns the row that is there even when
+	// another process inserted it concurrently, which a SELECT in the same
+	// statement would not see.
 	err := db.QueryRow(ctx, `
-		WITH ins AS (
-			INSERT INTO lazymigrate.tables (table_name, stripe_bits) VALUES ($1, $2)
-			ON CONFLICT (table_name) DO NOTHING
-			RETURNING stripe_bits)
-		SELECT stripe_bits FROM ins
-		UNION ALL
-		SELECT stripe_bits FROM lazymigrate.tables WHERE table_name = $1
-		LIMIT 1`, table, int(bits)).Scan(&got)
+		INSERT INTO lazymigrate.tables (table_name, stripe_bits) VALUES ($1, $2)
+		ON CONFLICT (table_name) DO UPDATE SET stripe_bits = lazymigrate.tables.stripe_bits
+		RETURNING stripe_bits`, table, int(bits)).Scan(&got)
 	if err != nil {
 		return fmt.Errorf("register %s in lazymigrate.tables: %w", table, err)
 	}

@@ -1,0 +1,56 @@
+package schema_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/lazymigrate/lazymigrate/internal/schema"
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
+)
+
+// Two processes registering a table at once must both succeed: the second
+// insert waits for the first, and must then see its row.
+func TestRegisterStripeBitsConcurrently(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.NewDatabase(t, "reg")
+	if err := schema.Setup(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Check(ctx, db.Pool); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.Pool.Begin(ctx) // process A, mid-registration
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := schema.RegisterStripeBits(ctx, tx, "public.t", 10); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- schema.RegisterStripeBits(ctx, db.Pool, "public.t", 10) }() // process B
+	testenv.Eventually(t, 10*time.Second, "B waits for A's insert", func() bool {
+		var waiting int
+		_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted`).Scan(&waiting)
+		return waiting > 0
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("second registration: %v", err)
+	}
+	if err := schema.RegisterStripeBits(ctx, db.Pool, "public.t", 11); err == nil {
+		t.Fatal("registering another StripeBits: want an error")
+	}
+}
+
+func TestCheckReportsMissingSetup(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, "nosetup")
+	if err := schema.Check(context.Background(), db.Pool); err == nil {
+		t.Fatal("Check before Setup: want ErrNotSetUp")
+	}
+}

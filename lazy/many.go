@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/lazymigrate/lazymigrate/fallback"
 	"github.com/lazymigrate/lazymigrate/internal/keys"
 )
 
@@ -36,6 +37,16 @@ func (r *Repo[T]) getMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 	if len(ks) == 0 {
 		return out, nil
 	}
+	mode := r.mode()
+	if mode == fallback.ModeOld {
+		if err := queryKeyed(ctx, r.old, r.oldManySQL, ks, r.cfg.ScanOld, out); err != nil {
+			r.reads.WithLabelValues("error").Add(float64(len(ks)))
+			return nil, r.manyErr(ErrOldUnavailable, len(ks), err)
+		}
+		r.reads.WithLabelValues("old").Add(float64(len(out)))
+		r.reads.WithLabelValues("not_found").Add(float64(len(ks) - len(out)))
+		return out, nil
+	}
 	if err := queryKeyed(ctx, r.new, r.newManySQL, ks, r.cfg.Scan, out); err != nil {
 		r.reads.WithLabelValues("error").Add(float64(len(ks)))
 		return nil, r.manyErr(ErrNewUnavailable, len(ks), err)
@@ -48,6 +59,10 @@ func (r *Repo[T]) getMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 		}
 	}
 	if len(misses) == 0 {
+		return out, nil
+	}
+	if mode == fallback.ModeNew {
+		r.reads.WithLabelValues("not_found").Add(float64(len(misses)))
 		return out, nil
 	}
 

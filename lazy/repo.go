@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lazymigrate/lazymigrate/fallback"
 	"github.com/lazymigrate/lazymigrate/internal/keys"
 	"github.com/lazymigrate/lazymigrate/internal/metrics"
 	"github.com/lazymigrate/lazymigrate/internal/pgtable"
@@ -53,6 +54,14 @@ type Tracker interface {
 	Settled(ctx context.Context, keys []int64) ([]bool, error)
 	Mark(ctx context.Context, keys []int64) (int, error)
 }
+
+// ModeSource says which database serves reads now. *fallback.Switch
+// implements it.
+type ModeSource interface {
+	Mode() fallback.Mode
+}
+
+var _ ModeSource = (*fallback.Switch)(nil)
 
 // Scheduler schedules promotion of keys without blocking.
 // *promote.Enqueuer implements it.
@@ -93,6 +102,11 @@ type Config[T any] struct {
 	// it and the tracker is not waited for again for a second. Defaults to
 	// 50ms.
 	TrackerTimeout time.Duration
+	// Mode switches reads between OLD only (rollback), NEW with fallback to
+	// OLD (readthrough) and NEW only; writes are not affected, and keep
+	// OLD current while mirroring is on. Usually a *fallback.Switch shared
+	// by every process. Defaults to readthrough, always.
+	Mode ModeSource
 	// Copier is the table's promote.Copier. Writes need it: Update and
 	// Migrate promote through it, and Delete takes its lock stripes.
 	// Defaults to none: the write methods return ErrNoWrites.
@@ -280,14 +294,44 @@ func (r *Repo[T]) get(ctx context.Context, key int64) (T, string, error) {
 	if err := keys.Check(key); err != nil {
 		return zero, "error", fmt.Errorf("lazy: get %s: %w", r.cfg.Table, err)
 	}
+	mode := r.mode()
+	if mode == fallback.ModeOld {
+		return r.getOld(ctx, key)
+	}
 	v, err := queryOne(ctx, r.new, r.newSQL, key, r.cfg.Scan)
 	switch {
 	case err == nil:
 		return v, "new", nil
 	case !errors.Is(err, pgx.ErrNoRows):
 		return zero, "error", r.newErr(key, err)
+	case mode == fallback.ModeNew:
+		return zero, "not_found", r.notFound(key)
 	}
 	return r.fallback(ctx, key)
+}
+
+func (r *Repo[T]) mode() fallback.Mode {
+	if r.cfg.Mode == nil {
+		return fallback.ModeReadthrough
+	}
+	return r.cfg.Mode.Mode()
+}
+
+// getOld serves a rolled-back read: OLD alone, which mirroring has kept
+// current.
+func (r *Repo[T]) getOld(ctx context.Context, key int64) (T, string, error) {
+	var zero T
+	v, err := queryOne(ctx, r.old, r.oldSQL, key, r.cfg.ScanOld)
+	switch {
+	case err == nil:
+		return v, "old", nil
+	case errors.Is(err, pgx.ErrNoRows):
+		return zero, "not_found", r.notFound(key)
+	case isScanError(err):
+		return zero, "error", err
+	default:
+		return zero, "error", fmt.Errorf("%w: get %s key %d: %w", ErrOldUnavailable, r.cfg.Table, key, err)
+	}
 }
 
 // fallback resolves a key NEW did not have. The tombstone and the tracker

@@ -38,8 +38,9 @@ type testBundle struct {
 	enqueuer *promote.Enqueuer
 	repo     *lazy.Repo[Account]
 	reg      *prometheus.Registry
-	// oldQueries and newQueries count statements sent through the pools the
-	// repo uses.
+	// oldPool and newPool count, in oldQueries and newQueries, the
+	// statements sent through them; the repos of a test use them.
+	oldPool, newPool       *pgxpool.Pool
 	oldQueries, newQueries *atomic.Int64
 }
 
@@ -89,9 +90,9 @@ func setup(t *testing.T, o setupOpts) *testBundle {
 	if o.worker {
 		startWorker(t, rdb, queue, b)
 	}
-	oldPool := countingPool(t, p.Old, b.oldQueries)
-	newPool := countingPool(t, p.New, b.newQueries)
-	b.repo, err = lazy.New(ctx, oldPool, newPool, &lazy.Config[Account]{
+	b.oldPool = countingPool(t, p.Old, b.oldQueries)
+	b.newPool = countingPool(t, p.New, b.newQueries)
+	b.repo, err = lazy.New(ctx, b.oldPool, b.newPool, &lazy.Config[Account]{
 		Table:          "accounts",
 		Tracker:        b.tracker,
 		Scheduler:      b.enqueuer,

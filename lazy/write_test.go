@@ -29,11 +29,13 @@ func writeRepo(t *testing.T, b *testBundle, cfg lazy.Config[Account]) *lazy.Repo
 	if cfg.Registerer == nil {
 		cfg.Registerer = b.reg
 	}
-	repo, err := lazy.New(context.Background(), b.pair.Old.Pool, b.pair.New.Pool, &cfg)
+	repo, err := lazy.New(context.Background(), b.oldPool, b.newPool, &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(repo.Close)
+	b.oldQueries.Store(0)
+	b.newQueries.Store(0)
 	return repo
 }
 

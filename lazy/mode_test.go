@@ -1,0 +1,121 @@
+package lazy_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/lazymigrate/lazymigrate/fallback"
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
+	"github.com/lazymigrate/lazymigrate/lazy"
+)
+
+// Rollback: with mirroring on, half the table is migrated through reads
+// and writes; switched to "old", every read returns the latest
+// acknowledged write.
+func TestRollbackToOldServesLatestWrites(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{worker: true})
+	_, prefix := testenv.Redis(t)
+	sw, err := fallback.New(b.rdb, "accounts", &fallback.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := writeRepo(t, b, lazy.Config[Account]{Scheduler: b.enqueuer, Mode: sw})
+
+	want := map[int64]*Account{} // nil: deleted
+	for k := int64(1); k <= 100; k++ {
+		a, err := repo.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[k] = &a
+	}
+	for k := int64(1); k <= 50; k++ { // reads promote the lower half
+		if _, err := repo.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 20*time.Second, "the lower half promoted", func() bool {
+		return len(tableText(t, b.pair.New)) >= 50
+	})
+	for k := int64(10); k <= 90; k += 10 {
+		switch k % 30 {
+		case 0:
+			if err := repo.Delete(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+			want[k] = nil
+		case 10:
+			a, err := repo.Put(ctx, k, account(k, "put before rollback"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[k] = &a
+		default:
+			a, err := repo.Update(ctx, k, func(a *Account) error { a.Name = "updated before rollback"; return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[k] = &a
+		}
+	}
+	a, err := repo.Put(ctx, 5000, account(5000, "only ever in NEW"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want[5000] = &a
+
+	if err := sw.Set(ctx, fallback.ModeOld); err != nil {
+		t.Fatal(err)
+	}
+	newQueries := b.newQueries.Load()
+	for k, w := range want {
+		got, err := repo.Get(ctx, k)
+		switch {
+		case w == nil:
+			if !errors.Is(err, lazy.ErrNotFound) {
+				t.Fatalf("rolled back: Get(deleted %d) = %+v, %v; want ErrNotFound", k, got, err)
+			}
+		case err != nil || !same(got, *w):
+			t.Fatalf("rolled back: Get(%d) = %+v, %v; want %+v", k, got, err, *w)
+		}
+	}
+	got, err := repo.GetMany(ctx, []int64{10, 20, 30, 5000})
+	if err != nil || len(got) != 3 || got[20].Name != "updated before rollback" {
+		t.Fatalf("rolled back: GetMany = %v, %v", keysOf(got), err)
+	}
+	if b.newQueries.Load() != newQueries {
+		t.Fatal("rolled-back reads queried NEW")
+	}
+}
+
+// Mode "new": no fallback, nothing scheduled.
+func TestModeNewDoesNotFallBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	sw, err := fallback.New(nil, "accounts", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw.Override(fallback.ModeNew)
+	repo := writeRepo(t, b, lazy.Config[Account]{Scheduler: b.enqueuer, Mode: sw})
+	if _, err := repo.Get(ctx, 3); !errors.Is(err, lazy.ErrNotFound) {
+		t.Fatalf("mode new: Get(key only in OLD) err = %v, want ErrNotFound", err)
+	}
+	if got, err := repo.GetMany(ctx, []int64{3, 4}); err != nil || len(got) != 0 {
+		t.Fatalf("mode new: GetMany = %v, %v", keysOf(got), err)
+	}
+	if n := b.oldQueries.Load(); n != 0 {
+		t.Fatalf("mode new sent %d queries to OLD", n)
+	}
+	if err := b.enqueuer.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.metric(t, "lazymigrate_promotions_total", "enqueued"); got != 0 {
+		t.Fatalf("mode new scheduled %v promotions", got)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/lazymigrate/lazymigrate/fallback"
 	"github.com/lazymigrate/lazymigrate/internal/pgtable"
 	"github.com/lazymigrate/lazymigrate/internal/pgtext"
 	"github.com/lazymigrate/lazymigrate/internal/schema"
@@ -491,4 +492,24 @@ func (r *Repo[T]) observeWrite(op string, start time.Time, err error) {
 	}
 	r.writesTotal.WithLabelValues(op, outcome).Inc()
 	r.writeDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// ErrPurgeTooEarly is returned by PurgeTombstones while reads may still
+// fall back to OLD.
+var ErrPurgeTooEarly = errors.New("lazy: tombstones are purged only once reads no longer fall back to OLD (Config.Mode is new)")
+
+// PurgeTombstones deletes the table's tombstones and returns how many there
+// were. Tombstones keep deleted keys from coming back from OLD; run it only
+// after the migration is complete: the sweep has finished and verified, and
+// reads are switched to mode new (it refuses otherwise). Old tombstones
+// cost only storage until then.
+func (r *Repo[T]) PurgeTombstones(ctx context.Context) (int64, error) {
+	if r.cfg.Mode == nil || r.mode() != fallback.ModeNew {
+		return 0, ErrPurgeTooEarly
+	}
+	tag, err := r.new.Exec(ctx, `DELETE FROM `+schema.Tombstones+` WHERE table_name = $1`, r.tableID)
+	if err != nil {
+		return 0, fmt.Errorf("%w: purge tombstones of %s: %w", ErrNewUnavailable, r.cfg.Table, err)
+	}
+	return tag.RowsAffected(), nil
 }

@@ -119,3 +119,29 @@ func TestModeNewDoesNotFallBack(t *testing.T) {
 		t.Fatalf("mode new scheduled %v promotions", got)
 	}
 }
+
+func TestPurgeTombstonesOnlyInModeNew(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	sw, err := fallback.New(nil, "accounts", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := writeRepo(t, b, lazy.Config[Account]{Mode: sw})
+	for _, k := range []int64{1, 2} {
+		if err := repo.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := repo.PurgeTombstones(ctx); !errors.Is(err, lazy.ErrPurgeTooEarly) {
+		t.Fatalf("purge in readthrough: err = %v, want ErrPurgeTooEarly", err)
+	}
+	if _, err := repo.Get(ctx, 1); !errors.Is(err, lazy.ErrNotFound) {
+		t.Fatal("a refused purge removed a tombstone")
+	}
+	sw.Override(fallback.ModeNew)
+	if n, err := repo.PurgeTombstones(ctx); err != nil || n != 2 {
+		t.Fatalf("purge in mode new = %d, %v; want 2", n, err)
+	}
+}

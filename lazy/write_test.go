@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
@@ -290,12 +291,7 @@ func TestMirrorFailureConverges(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t, setupOpts{})
-	b.pair.Old.Exec(t, `
-		CREATE TABLE refuse (on_ boolean);
-		INSERT INTO refuse VALUES (true);
-		CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
-			$$ BEGIN IF EXISTS (SELECT 1 FROM refuse) THEN RAISE EXCEPTION 'OLD refuses writes'; END IF; RETURN NULL; END $$;
-		CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON accounts FOR EACH STATEMENT EXECUTE FUNCTION refuse();`)
+	refuseOldWrites(t, b)
 	repo := writeRepo(t, b, lazy.Config[Account]{RelayDelay: time.Millisecond})
 
 	if _, err := repo.Put(ctx, 1, account(1, "while OLD refuses")); err != nil {
@@ -457,4 +453,64 @@ func TestConcurrentUpdatesDoNotExhaustPool(t *testing.T) {
 			t.Fatalf("Update %d: %v", i, err)
 		}
 	}
+}
+
+// A write that cannot be mirrored enqueues a reconcile task; a worker
+// retries it until OLD takes the change.
+func TestReconcileTasksConverge(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	refuseOldWrites(t, b)
+	queue := "lmtest-" + testenv.Suffix()
+	repo := writeRepo(t, b, lazy.Config[Account]{
+		Reconciler: asynq.NewClientFromRedisClient(b.rdb), ReconcileQueue: queue,
+	})
+	h, err := lazy.NewReconcileHandler(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := asynq.NewServerFromRedisClient(b.rdb, asynq.Config{
+		Queues: map[string]int{queue: 1}, TaskCheckInterval: 20 * time.Millisecond, LogLevel: asynq.FatalLevel,
+		RetryDelayFunc: func(int, error, *asynq.Task) time.Duration { return 50 * time.Millisecond },
+	})
+	mux := asynq.NewServeMux()
+	mux.Handle(lazy.ReconcileTaskType, h)
+	if err := srv.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Shutdown()
+		_ = asynq.NewInspectorFromRedisClient(b.rdb).DeleteQueue(queue, true)
+	})
+
+	for _, k := range []int64{1, 2, 5000} {
+		if _, err := repo.Put(ctx, k, account(k, "while OLD refuses")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := repo.Delete(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "reconcile tasks enqueued", func() bool {
+		return b.metric(t, "lazymigrate_reconcile_total", "enqueued") == 4
+	})
+	b.pair.Old.Exec(t, `DELETE FROM refuse`)
+	testenv.Eventually(t, 20*time.Second, "reconcile tasks drain the outbox", func() bool { return outboxLen(t, b) == 0 })
+	requireOldEqualsNew(t, b)
+	if _, ok := tableText(t, b.pair.Old)[3]; ok {
+		t.Fatal("the delete of key 3 never reached OLD")
+	}
+}
+
+// refuseOldWrites makes OLD refuse writes to accounts until the test
+// deletes the row of its table refuse.
+func refuseOldWrites(t *testing.T, b *testBundle) {
+	t.Helper()
+	b.pair.Old.Exec(t, `
+		CREATE TABLE refuse (on_ boolean);
+		INSERT INTO refuse VALUES (true);
+		CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+			$$ BEGIN IF EXISTS (SELECT 1 FROM refuse) THEN RAISE EXCEPTION 'OLD refuses writes'; END IF; RETURN NULL; END $$;
+		CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON accounts FOR EACH STATEMENT EXECUTE FUNCTION refuse();`)
 }

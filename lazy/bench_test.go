@@ -201,3 +201,64 @@ func BenchmarkGet(b *testing.B) {
 			func(i int) error { _, err := repo.GetMany(ctx, batches[i]); return err })
 	})
 }
+
+// BenchmarkWrite compares Put and Delete, mirrored to OLD, with the same
+// statements in raw pgx: the NEW write, then the OLD write.
+func BenchmarkWrite(b *testing.B) {
+	ctx := context.Background()
+	p := testenv.NewPair(b)
+	testenv.SeedAccounts(b, p.Old, 1, benchRows+1)
+	testenv.SeedAccounts(b, p.New, 1, benchRows+1)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		b.Fatal(err)
+	}
+	rdb, prefix := testenv.Redis(b)
+	tr, err := tracker.New(rdb, "accounts", &tracker.Config{Prefix: prefix})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{Table: "accounts", Marker: tr})
+	if err != nil {
+		b.Fatal(err)
+	}
+	repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Copier: cp})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(repo.Close)
+	const upsert = `INSERT INTO accounts (id, email, name, balance_cents, status, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name,
+		balance_cents = EXCLUDED.balance_cents, status = EXCLUDED.status, created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at`
+	rawPut := func(a Account) error {
+		for _, db := range []*testenv.Database{p.New, p.Old} {
+			if _, err := db.Pool.Exec(ctx, upsert, a.ID, a.Email, a.Name, a.BalanceCents, a.Status, a.CreatedAt, a.UpdatedAt); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	rawDelete := func(k int64) error {
+		for _, db := range []*testenv.Database{p.New, p.Old} {
+			if _, err := db.Pool.Exec(ctx, `DELETE FROM accounts WHERE id = $1`, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	half := int64(benchRows / 2) // raw writes keys below half, lazymigrate above
+	b.Run("Put", func(b *testing.B) {
+		r := rand.New(rand.NewPCG(11, 12))
+		pair(b,
+			func(int) error { return rawPut(account(1+r.Int64N(half), "raw")) },
+			func(int) error { k := half + 1 + r.Int64N(half); _, err := repo.Put(ctx, k, account(k, "lazy")); return err })
+	})
+	next := [2]int64{1, half + 1}
+	b.Run("Delete", func(b *testing.B) {
+		if int64(b.N) > half {
+			b.Fatalf("b.N = %d exceeds the %d keys to delete", b.N, half)
+		}
+		pair(b,
+			func(int) error { k := next[0]; next[0]++; return rawDelete(k) },
+			func(int) error { k := next[1]; next[1]++; return repo.Delete(ctx, k) })
+	})
+}

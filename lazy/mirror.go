@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -229,9 +230,9 @@ func (r *Repo[T]) oldValues(ctx context.Context, key int64, text []*string) ([]a
 }
 
 // finish completes a committed write in the background, so that the caller
-// does not wait for it: it removes the outbox row once OLD has the change,
-// releases the key's mirror lock and conn, marks the key settled, and, if
-// the mirror failed, schedules a reconcile. Close waits for it.
+// does not wait for it: it releases the key's mirror lock and conn, hands
+// the outbox entry (once OLD has the change) and the key to the tidier,
+// and, if the mirror failed, schedules a reconcile. Close waits for it.
 func (r *Repo[T]) finish(ctx context.Context, conn *pgxpool.Conn, key int64, outboxID int64, mirrorErr error) {
 	if mirrorErr != nil {
 		r.mirrorTotal.WithLabelValues("failed").Inc()
@@ -244,22 +245,96 @@ func (r *Repo[T]) finish(ctx context.Context, conn *pgxpool.Conn, key int64, out
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		b := &pgx.Batch{}
-		if mirrorErr == nil && outboxID != 0 {
-			b.Queue(`DELETE FROM `+schema.Outbox+` WHERE id = $1`, outboxID)
-		}
 		if r.mirrors() {
 			b.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
 		}
 		release(ctx, conn, b)
 		if mirrorErr != nil {
 			r.scheduleReconcile(ctx, key, mirrorErr)
+			outboxID = 0 // the entry stays until a reconcile has mirrored the key
 		}
-		if r.cfg.Tracker != nil {
-			// The key's truth is in NEW now; the bit only saves later reads
-			// and sweeps some work, so a failure is not the write's.
-			_, _ = r.cfg.Tracker.Mark(ctx, []int64{key})
-		}
+		r.tidy.add(outboxID, key)
 	}()
+}
+
+// tidier does, in batches, the bookkeeping writes need but their callers
+// need not wait for: deleting outbox entries of changes OLD has, and
+// marking written keys settled. Losing a batch in a crash costs a redundant
+// reconcile (the relay's) or a redundant copy check, never data.
+type tidier struct {
+	flush func(ctx context.Context, ids, keys []int64)
+
+	mu      sync.Mutex
+	ids     []int64
+	keys    []int64
+	running bool
+	done    chan struct{}
+}
+
+// tidyEvery is how long bookkeeping waits to be batched.
+const tidyEvery = 20 * time.Millisecond
+
+func (t *tidier) add(id, key int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if id != 0 {
+		t.ids = append(t.ids, id)
+	}
+	t.keys = append(t.keys, key)
+	if !t.running {
+		t.running = true
+		t.done = make(chan struct{})
+		go t.loop()
+	}
+}
+
+// loop flushes every tidyEvery until there is nothing left, then ends; the
+// next add starts it again.
+func (t *tidier) loop() {
+	for {
+		time.Sleep(tidyEvery)
+		t.mu.Lock()
+		ids, ks := t.ids, t.keys
+		t.ids, t.keys = nil, nil
+		if len(ids) == 0 && len(ks) == 0 {
+			t.running = false
+			close(t.done)
+			t.mu.Unlock()
+			return
+		}
+		t.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		t.flush(ctx, ids, ks)
+		cancel()
+	}
+}
+
+// wait returns once everything added so far is flushed.
+func (t *tidier) wait() {
+	t.mu.Lock()
+	done, running := t.done, t.running
+	t.mu.Unlock()
+	if running {
+		<-done
+	}
+}
+
+func (r *Repo[T]) tidyFlush(ctx context.Context, ids, ks []int64) {
+	if len(ids) > 0 {
+		b := &pgx.Batch{}
+		b.Queue(`BEGIN`)
+		b.Queue(`SET LOCAL synchronous_commit TO off`)
+		b.Queue(`DELETE FROM `+schema.Outbox+` WHERE id = ANY($1)`, ids)
+		b.Queue(`COMMIT`)
+		if err := r.new.SendBatch(ctx, b).Close(); err != nil {
+			r.log.WarnContext(ctx, "lazymigrate: outbox entries not cleared; the relay will reconcile their keys", "table", r.cfg.Table, "num_entries", len(ids), "error", err)
+		}
+	}
+	if r.cfg.Tracker != nil && len(ks) > 0 {
+		// The keys' truth is in NEW now; the bits only save later reads and
+		// sweeps some work, so a failure costs nothing else.
+		_, _ = r.cfg.Tracker.Mark(ctx, ks)
+	}
 }
 
 // abandon ends a write that failed before its commit: it rolls back and
@@ -428,8 +503,12 @@ func (r *Repo[T]) RelayOnce(ctx context.Context) (int, error) {
 	return len(ks), nil
 }
 
-// Close waits for the background completion of writes.
-func (r *Repo[T]) Close() { r.bg.Wait() }
+// Close waits for the background completion of writes, their bookkeeping
+// included. The Repo stays usable.
+func (r *Repo[T]) Close() {
+	r.bg.Wait()
+	r.tidy.wait()
+}
 
 // Reconciler is what a ReconcileHandler needs of a Repo.
 type Reconciler interface {

@@ -161,8 +161,9 @@ type Repo[T any] struct {
 
 	trackerDownUntil atomic.Int64 // unix nanos
 
-	w  *writes[T]     // nil without Config.Copier
-	bg sync.WaitGroup // background completion of writes
+	w    *writes[T]     // nil without Config.Copier
+	bg   sync.WaitGroup // background completion of writes
+	tidy tidier         // their batched bookkeeping
 
 	writesTotal    *prometheus.CounterVec
 	writeDuration  prometheus.ObserverVec
@@ -253,6 +254,7 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 		if r.w, err = newWrites(&c, newDB, nt, ot, newCols, oldCols, c.KeyColumn); err != nil {
 			return nil, err
 		}
+		r.tidy.flush = r.tidyFlush
 	}
 
 	r.reads = metrics.CounterVec(c.Registerer, "reads_total",

@@ -51,9 +51,8 @@ func (r *Repo[T]) put(ctx context.Context, key int64, rec T) (T, error) {
 		return zero, err
 	}
 	var b writeBatch
-	r.queueMirrorLock(&b, key)
 	b.exec(`BEGIN ISOLATION LEVEL READ COMMITTED`)
-	b.exec(pgtext.PinOutput)
+	r.queueLockAndPin(&b, key)
 	b.returning(r.w.upsertSQL, vals...)
 	b.exec(r.w.untombSQL, r.tableID, key)
 	r.queueOutbox(&b, key)
@@ -167,8 +166,8 @@ func (r *Repo[T]) delete(ctx context.Context, key int64) error {
 		return err
 	}
 	var b writeBatch
-	r.queueMirrorLock(&b, key)
 	b.exec(`BEGIN ISOLATION LEVEL READ COMMITTED`)
+	r.queueLockAndPin(&b, key)
 	r.queueDelete(&b, key)
 	r.queueOutbox(&b, key)
 	b.exec(`COMMIT`)
@@ -238,7 +237,10 @@ func (r *Repo[T]) PutTx(ctx context.Context, tx pgx.Tx, key int64, rec T) error 
 
 // DeleteTx is Delete inside the caller's NEW transaction tx, which must run
 // at READ COMMITTED (Postgres's default). As with PutTx, OLD learns of it
-// after the commit, through Reconcile or the relay.
+// after the commit, through Reconcile or the relay. Locks are taken per
+// call: a transaction that changes several keys through PutTx and DeleteTx
+// should do so in ascending key order, or it can deadlock with other
+// writers of the same keys (Postgres then aborts one of them).
 func (r *Repo[T]) DeleteTx(ctx context.Context, tx pgx.Tx, key int64) error {
 	if err := r.writable(key); err != nil {
 		return err
@@ -303,12 +305,18 @@ func (r *Repo[T]) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 
 func (r *Repo[T]) mirrors() bool { return !r.cfg.DisableMirror }
 
-// queueMirrorLock takes key's mirror lock for the session: it is held from
-// before the NEW transaction until OLD has the change, so that the changes
-// of one key reach OLD in the order NEW committed them.
-func (r *Repo[T]) queueMirrorLock(b *writeBatch, key int64) {
+// queueLockAndPin takes key's mirror lock and pins the output settings
+// for the transaction (see pgtext.PinOutput), in one statement. The lock is
+// a session lock, held past the commit until OLD has the change, so that
+// the changes of one key reach OLD in the order NEW committed them.
+// Without mirroring the lock is the transaction's: writes of one key still
+// exclude each other (a Put and a Delete of a missing key would otherwise
+// interleave, leaving a row and a tombstone).
+func (r *Repo[T]) queueLockAndPin(b *writeBatch, key int64) {
 	if r.mirrors() {
-		b.exec(`SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key))
+		b.exec(pgtext.PinOutput+`, pg_advisory_lock($1)`, r.w.mirrorLock(key))
+	} else {
+		b.exec(pgtext.PinOutput+`, pg_advisory_xact_lock($1)`, r.w.mirrorLock(key))
 	}
 }
 

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
@@ -513,4 +515,65 @@ func refuseOldWrites(t *testing.T, b *testBundle) {
 		CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
 			$$ BEGIN IF EXISTS (SELECT 1 FROM refuse) THEN RAISE EXCEPTION 'OLD refuses writes'; END IF; RETURN NULL; END $$;
 		CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON accounts FOR EACH STATEMENT EXECUTE FUNCTION refuse();`)
+}
+
+// Mirroring across differing schemas goes through the ReverseTransform.
+func TestMirrorWithReverseTransform(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	p.Old.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, first text, last text)`)
+	p.New.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, full_name text)`)
+	p.Old.Exec(t, `INSERT INTO people VALUES (1, 'Ada', 'Lovelace')`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
+		Table: "people",
+		Transform: func(_ context.Context, o promote.Row) (promote.Row, error) {
+			return promote.Row{"id": o["id"], "full_name": fmt.Sprint(o["first"], " ", o["last"])}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type person struct {
+		ID       int64  `db:"id"`
+		FullName string `db:"full_name"`
+	}
+	repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[person]{
+		Table: "people", Copier: cp, OldColumns: []string{"id", "first", "last"},
+		ScanOld: func(row pgx.CollectableRow) (person, error) {
+			var pp person
+			var first, last string
+			err := row.Scan(&pp.ID, &first, &last)
+			pp.FullName = first + " " + last
+			return pp, err
+		},
+		ReverseTransform: func(_ context.Context, n promote.Row) (promote.Row, error) {
+			first, last, _ := strings.Cut(n["full_name"].(string), " ")
+			return promote.Row{"id": n["id"], "first": first, "last": last}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+	if _, err := repo.Update(ctx, 1, func(pp *person) error { pp.FullName = "Augusta King"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Put(ctx, 2, person{ID: 2, FullName: "Alan Turing"}); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := p.Old.Pool.Query(ctx, `SELECT id, first, last FROM people ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToMap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0]["first"] != "Augusta" || got[0]["last"] != "King" || got[1]["first"] != "Alan" {
+		t.Fatalf("OLD after mirrored writes = %v", got)
+	}
 }

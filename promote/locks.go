@@ -58,7 +58,10 @@ type Execer interface {
 // that serialize changes of keys with copies of them: a writer that deletes
 // keys calls it first, and copies of those keys wait until its transaction
 // ends. The caller's transaction must run at READ COMMITTED isolation for
-// its later statements to see rows committed while it waited.
+// its later statements to see rows committed while it waited. Call it once
+// per transaction, with every key the transaction will change, before
+// touching them: locks taken by two calls are not in one ascending order,
+// and can deadlock with a copy.
 func (c *Copier) LockKeys(ctx context.Context, tx Execer, ks []int64) error {
 	if err := keys.CheckAll(ks); err != nil {
 		return fmt.Errorf("promote: lock keys of %s: %w", c.cfg.Table, err)

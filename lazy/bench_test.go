@@ -250,7 +250,11 @@ func BenchmarkWrite(b *testing.B) {
 		r := rand.New(rand.NewPCG(11, 12))
 		pair(b,
 			func(int) error { return rawPut(account(1+r.Int64N(half), "raw")) },
-			func(int) error { k := half + 1 + r.Int64N(half); _, err := repo.Put(ctx, k, account(k, "lazy")); return err })
+			func(int) error {
+				k := half + 1 + r.Int64N(half)
+				_, err := repo.Put(ctx, k, account(k, "lazy"))
+				return err
+			})
 	})
 	next := [2]int64{1, half + 1}
 	b.Run("Delete", func(b *testing.B) {

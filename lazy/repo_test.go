@@ -195,23 +195,7 @@ func (b *testBundle) newRows(t *testing.T) int {
 
 func (b *testBundle) metric(t *testing.T, name, outcome string) float64 {
 	t.Helper()
-	mfs, err := b.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "outcome" && lp.GetValue() == outcome {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return testenv.CounterValue(t, b.reg, name, "outcome", outcome)
 }
 
 func TestGetHitServesNewWithoutRedisOrOld(t *testing.T) {

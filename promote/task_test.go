@@ -119,31 +119,9 @@ func TestHandlerArchivesBadPayloadWithoutRetry(t *testing.T) {
 	if len(archived) != 1 || archived[0].Retried != 0 {
 		t.Fatalf("archived = %+v, want one task never retried", archived)
 	}
-	if got := metricValue(t, reg, "lazymigrate_promote_tasks_total", "outcome", "bad_payload"); got != 1 {
+	if got := testenv.CounterValue(t, reg, "lazymigrate_promote_tasks_total", "outcome", "bad_payload"); got != 1 {
 		t.Fatalf("bad_payload tasks = %v, want 1", got)
 	}
-}
-
-// metricValue returns the counter name whose label has value, or 0.
-func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }
 
 func TestPromotionEndToEnd(t *testing.T) {
@@ -186,11 +164,11 @@ func TestPromotionEndToEnd(t *testing.T) {
 		n, err := b.tracker.Count(ctx)
 		return err == nil && n == 90
 	})
-	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "enqueued"); got != 100 {
+	if got := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "enqueued"); got != 100 {
 		t.Fatalf("enqueued = %v, want 100", got)
 	}
 	testenv.Eventually(t, 10*time.Second, "handler counted the copies", func() bool {
-		return metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied") == 90
+		return testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied") == 90
 	})
 
 	// A task for settled keys is skipped by the tracker check.
@@ -226,7 +204,7 @@ func TestEnqueuerDeduplicatesHotKey(t *testing.T) {
 	if got := rec.keys(); len(got) != 1 || got[0] != 42 {
 		t.Fatalf("enqueued keys = %v, want [42] once", got)
 	}
-	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "deduplicated"); got != 999 {
+	if got := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "deduplicated"); got != 999 {
 		t.Fatalf("deduplicated = %v, want 999", got)
 	}
 }
@@ -243,7 +221,7 @@ func TestEnqueuerDropsWhenRedisFailsAndForgets(t *testing.T) {
 	if err := e.Flush(context.Background()); err == nil {
 		t.Fatal("Flush with Redis failing: want an error")
 	}
-	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got != 3 {
+	if got := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got != 3 {
 		t.Fatalf("dropped = %v, want 3", got)
 	}
 	// Dropped keys are forgotten, so the next miss schedules them again.
@@ -376,7 +354,7 @@ func TestHandlerRunsTaskTwice(t *testing.T) {
 		if !mapsEqual(got, first) {
 			t.Fatalf("%s: a second run changed NEW", tc.name)
 		}
-		if copied := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); copied != 0 {
+		if copied := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); copied != 0 {
 			t.Fatalf("%s: copied %v rows on a rerun", tc.name, copied)
 		}
 	}
@@ -421,7 +399,7 @@ func TestEnqueuerRefusesKeysAfterStop(t *testing.T) {
 	if n := e.Schedule(1, 2, 3); n != 0 {
 		t.Fatalf("Schedule after Stop accepted %d keys that will never be enqueued", n)
 	}
-	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got != 3 {
+	if got := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got != 3 {
 		t.Fatalf("dropped = %v, want 3", got)
 	}
 }
@@ -490,10 +468,10 @@ func TestHandlerIsolatesRejectedRows(t *testing.T) {
 	if _, ok := got[7]; ok {
 		t.Fatal("rejected key 7 is in NEW")
 	}
-	if n := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "rejected"); n != 2 {
+	if n := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "rejected"); n != 2 {
 		t.Fatalf("rejected = %v, want 2", n)
 	}
-	if n := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); n != 18 {
+	if n := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "copied"); n != 18 {
 		t.Fatalf("copied = %v, want 18", n)
 	}
 }
@@ -518,7 +496,7 @@ func TestEnqueuerRefusesKeysAfterStartContextEnds(t *testing.T) {
 		return e.Schedule(k) == 0
 	})
 	e.Stop()
-	if got := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got < 1 {
+	if got := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got < 1 {
 		t.Fatal("refused keys were not counted as dropped")
 	}
 }
@@ -561,7 +539,7 @@ func TestHandlerBoundsIsolationOfRejectedBatch(t *testing.T) {
 	if n := copies.Load(); n > 64 {
 		t.Fatalf("%d copies to isolate an all-bad batch of 500", n)
 	}
-	if n := metricValue(t, reg, "lazymigrate_promotions_total", "outcome", "rejected"); n != 500 {
+	if n := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "rejected"); n != 500 {
 		t.Fatalf("rejected = %v, want 500", n)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -25,28 +24,12 @@ import (
 // are a new Redis key, so a few dozen segments spread over every master and
 // each pipeline is split by go-redis across nodes.
 
-// requireEnv skips or fails t when the environment variable name is unset,
-// like internal/testenv's require.
-func requireEnv(t testing.TB, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v != "" {
-		return v
-	}
-	msg := fmt.Sprintf("integration test needs %s (run `make test`, which sets it)", name)
-	if os.Getenv("LM_REQUIRE_INTEGRATION") == "1" {
-		t.Fatalf("%s; LM_REQUIRE_INTEGRATION=1 turns this skip into a failure", msg)
-	}
-	t.Skip(msg)
-	return ""
-}
-
 // clusterRedis returns a client on LM_REDIS_CLUSTER_ADDRS and a key prefix
 // unique to the test. Every key under the prefix, on every master, is
 // deleted when the test ends.
 func clusterRedis(t *testing.T) (*redis.ClusterClient, string) {
 	t.Helper()
-	env := requireEnv(t, "LM_REDIS_CLUSTER_ADDRS")
+	env := testenv.Require(t, "LM_REDIS_CLUSTER_ADDRS")
 	var addrs []string
 	for a := range strings.SplitSeq(env, ",") {
 		if a = strings.TrimSpace(a); a != "" {

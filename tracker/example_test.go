@@ -4,38 +4,18 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"os"
-	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/lazymigrate/lazymigrate/internal/exampledb"
 	"github.com/lazymigrate/lazymigrate/tracker"
 )
-
-// exampleRedis connects to LM_REDIS_ADDR (a URL or host:port), or to a Redis
-// on localhost when it is unset.
-func exampleRedis() *redis.Client {
-	addr := os.Getenv("LM_REDIS_ADDR")
-	if addr == "" {
-		addr = "127.0.0.1:6379"
-	}
-	if strings.Contains(addr, "://") {
-		opts, err := redis.ParseURL(addr)
-		if err != nil {
-			log.Fatal(err)
-		}
-		return redis.NewClient(opts)
-	}
-	return redis.NewClient(&redis.Options{Addr: addr})
-}
 
 // A sweeper's view of the tracker: promotions mark single keys, a swept
 // chunk is marked as a range, and what is left of a range is what still
 // needs copying.
 func Example() {
 	ctx := context.Background()
-	rdb := exampleRedis()
+	rdb := exampledb.Redis()
 	defer rdb.Close()
 
 	// A prefix of its own keeps concurrent runs of this example apart.

@@ -9,23 +9,14 @@ import (
 	"log"
 	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
-)
 
-const accountsDDL = `CREATE TABLE accounts (
-	id            bigint PRIMARY KEY,
-	email         text        NOT NULL,
-	name          text        NOT NULL,
-	balance_cents bigint      NOT NULL,
-	status        text        NOT NULL,
-	created_at    timestamptz NOT NULL,
-	updated_at    timestamptz NOT NULL
-)`
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
+)
 
 // Databases holds the two pools of an example and removes everything on
 // Close.
@@ -60,7 +51,7 @@ func Open(ctx context.Context, n int) *Databases {
 		if pools[i], err = pgxpool.New(ctx, u.String()); err != nil {
 			log.Fatal(err)
 		}
-		if _, err := pools[i].Exec(ctx, accountsDDL); err != nil {
+		if _, err := pools[i].Exec(ctx, testenv.AccountsDDL); err != nil {
 			log.Fatal(err)
 		}
 	}
@@ -72,18 +63,22 @@ func Open(ctx context.Context, n int) *Databases {
 		log.Fatal(err)
 	}
 
+	d.Redis = Redis()
+	return d
+}
+
+// Redis connects to LM_REDIS_ADDR (a URL or host:port), or to the local
+// Redis when it is unset.
+func Redis() *redis.Client {
 	addr := os.Getenv("LM_REDIS_ADDR")
 	if addr == "" {
 		addr = "127.0.0.1:6379"
 	}
-	opts := &redis.Options{Addr: addr}
-	if strings.Contains(addr, "://") {
-		if opts, err = redis.ParseURL(addr); err != nil {
-			log.Fatal(err)
-		}
+	opts, err := testenv.RedisOptions(addr)
+	if err != nil {
+		log.Fatal(err)
 	}
-	d.Redis = redis.NewClient(opts)
-	return d
+	return redis.NewClient(opts)
 }
 
 func (d *Databases) exec(ctx context.Context, dsn, sql string) {

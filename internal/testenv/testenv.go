@@ -24,8 +24,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// require skips or fails t when the environment variable name is unset.
-func require(t testing.TB, name string) string {
+// Require returns the environment variable name, or skips t with a message
+// saying how to set it; under LM_REQUIRE_INTEGRATION=1 (CI) it fails t
+// instead.
+func Require(t testing.TB, name string) string {
 	t.Helper()
 	v := os.Getenv(name)
 	if v != "" {
@@ -59,7 +61,7 @@ type Database struct {
 // and drops it when the test ends.
 func NewDatabase(t testing.TB, hint string) *Database {
 	t.Helper()
-	admin := require(t, "LM_PG_URL")
+	admin := Require(t, "LM_PG_URL")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -134,7 +136,7 @@ func RedisOptions(addr string) (*redis.Options, error) {
 // test. Every key under the prefix is deleted when the test ends.
 func Redis(t testing.TB) (*redis.Client, string) {
 	t.Helper()
-	addr := require(t, "LM_REDIS_ADDR")
+	addr := Require(t, "LM_REDIS_ADDR")
 	opts, err := RedisOptions(addr)
 	if err != nil {
 		t.Fatalf("testenv: LM_REDIS_ADDR: %v", err)

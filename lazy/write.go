@@ -110,7 +110,7 @@ func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) 
 		r.abandon(ctx, conn, key)
 		return zero, err
 	}
-	if err := fn(&cur); err != nil {
+	if err := r.callUpdate(ctx, conn, key, fn, &cur); err != nil {
 		return fail(err)
 	}
 	vals, err := r.checkWrite(key, cur)
@@ -123,6 +123,19 @@ func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) 
 	r.queueOutbox(&b, key)
 	b.exec(`COMMIT`)
 	return r.commit(ctx, conn, &b, key)
+}
+
+// callUpdate runs the caller's update function. If it panics, the
+// transaction, the key's mirror lock and conn are released before the panic
+// goes on: left held, they would block every later write of the key.
+func (r *Repo[T]) callUpdate(ctx context.Context, conn *pgxpool.Conn, key int64, fn func(*T) error, cur *T) error {
+	defer func() {
+		if p := recover(); p != nil {
+			r.abandon(ctx, conn, key)
+			panic(p)
+		}
+	}()
+	return fn(cur)
 }
 
 // lockRow takes key's mirror lock on conn, starts a transaction and reads

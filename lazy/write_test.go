@@ -577,3 +577,25 @@ func TestMirrorWithReverseTransform(t *testing.T) {
 		t.Fatalf("OLD after mirrored writes = %v", got)
 	}
 }
+
+// A panicking update function must not leave the key locked: later writes
+// of the key go through.
+func TestUpdatePanicReleasesKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{})
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the update function's panic was swallowed")
+			}
+		}()
+		_, _ = repo.Update(ctx, 4, func(*Account) error { panic("boom") })
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := repo.Put(wctx, 4, account(4, "after the panic")); err != nil {
+		t.Fatalf("Put after a panicking Update: %v", err)
+	}
+}

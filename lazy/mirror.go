@@ -174,6 +174,10 @@ INSERT INTO %s (%s) SELECT %s WHERE NOT EXISTS (SELECT 1 FROM u)`,
 // mirror makes OLD's record of key what NEW holds: text is the NEW row in
 // text form, or nil when the key is gone from NEW.
 func (r *Repo[T]) mirror(ctx context.Context, key int64, text []*string) error {
+	// Bounded on its own: NEW has committed, and a stalled OLD must neither
+	// hang the write nor hold the key's lock; the reconcile path takes over.
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.MirrorTimeout)
+	defer cancel()
 	if text == nil {
 		if _, err := r.old.Exec(ctx, r.w.oldDeleteSQL, key); err != nil {
 			return fmt.Errorf("%w: mirror delete of %s key %d: %w", ErrOldUnavailable, r.cfg.Table, key, err)
@@ -233,7 +237,9 @@ func (r *Repo[T]) oldValues(ctx context.Context, key int64, text []*string) ([]a
 // does not wait for it: it releases the key's mirror lock and conn, hands
 // the outbox entry (once OLD has the change) and the key to the tidier,
 // and, if the mirror failed, schedules a reconcile. Close waits for it.
-func (r *Repo[T]) finish(ctx context.Context, conn *pgxpool.Conn, key int64, outboxID int64, mirrorErr error) {
+func (r *Repo[T]) finish(ctx context.Context, h *held, outboxID int64, mirrorErr error) {
+	h.taken = true
+	conn, key := h.conn, h.key
 	if mirrorErr != nil {
 		r.mirrorTotal.WithLabelValues("failed").Inc()
 	} else if r.mirrors() {
@@ -339,13 +345,16 @@ func (r *Repo[T]) tidyFlush(ctx context.Context, ids, ks []int64) {
 
 // abandon ends a write that failed before its commit: it rolls back and
 // releases the key's mirror lock and conn.
-func (r *Repo[T]) abandon(ctx context.Context, conn *pgxpool.Conn, key int64) {
+func (r *Repo[T]) abandon(ctx context.Context, h *held) {
+	h.taken = true
 	b := &pgx.Batch{}
 	b.Queue(`ROLLBACK`)
 	if r.mirrors() {
-		b.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
+		b.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(h.key))
 	}
-	release(context.WithoutCancel(ctx), conn, b)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	release(ctx, h.conn, b)
 }
 
 // release runs b on conn and returns conn to its pool. If b fails, conn is
@@ -388,76 +397,97 @@ func (r *Repo[T]) Reconcile(ctx context.Context, ks ...int64) error {
 		if err := r.writable(k); err != nil {
 			return err
 		}
-		if err := r.reconcile(ctx, k); err != nil {
-			r.reconcileTotal.WithLabelValues("failed").Inc()
+		if _, err := r.reconcile(ctx, k, false); err != nil {
 			return err
 		}
-		r.reconcileTotal.WithLabelValues("done").Inc()
 	}
 	return nil
 }
 
-func (r *Repo[T]) reconcile(ctx context.Context, key int64) error {
-	conn, err := r.acquire(ctx)
+// reconcile mirrors key's current NEW state to OLD. With try set it does
+// not wait for a key whose lock is held (a write under way, which mirrors
+// it anyway) and reports it busy.
+func (r *Repo[T]) reconcile(ctx context.Context, key int64, try bool) (busy bool, err error) {
+	defer func() {
+		switch {
+		case err != nil:
+			r.reconcileTotal.WithLabelValues("failed").Inc()
+		case !busy:
+			r.reconcileTotal.WithLabelValues("done").Inc()
+		}
+	}()
+	h, err := r.acquire(ctx, key)
 	if err != nil {
-		return err
+		return false, err
 	}
-	unlock := &pgx.Batch{}
-	unlock.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key)); err != nil {
-		release(ctx, conn, unlock)
-		return r.newErr(key, err)
+	defer r.releaseOnPanic(ctx, &h)
+	if try {
+		var got bool
+		if err := h.conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, r.w.mirrorLock(key)).Scan(&got); err != nil {
+			r.abandon(ctx, h)
+			return false, r.writeErr(key, err)
+		}
+		if !got {
+			r.abandon(ctx, h)
+			return true, nil
+		}
+	} else if _, err := h.conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key)); err != nil {
+		r.abandon(ctx, h)
+		return false, r.writeErr(key, err)
 	}
 	// The outbox entries first, then the row: the row then reflects at
 	// least every change whose entry is cleared below.
-	var ids []int64
-	var text []*string
-	err = func() error {
-		tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
-		if err != nil {
-			return err
-		}
-		defer func() { _ = tx.Rollback(ctx) }()
-		if _, err := tx.Exec(ctx, pgtext.PinOutput); err != nil {
-			return err
-		}
-		if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(id), '{}') FROM `+schema.Outbox+` WHERE table_name = $1 AND key = $2`,
-			r.tableID, key).Scan(&ids); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, r.w.reconcileSQL, key)
-		if err != nil {
-			return err
-		}
-		n := len(r.w.cols)
-		if rows.Next() {
-			text = make([]*string, n)
-			for i, v := range rows.RawValues()[n:] {
-				if v != nil {
-					s := string(v)
-					text[i] = &s
-				}
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		return tx.Commit(ctx)
-	}()
+	ids, text, err := r.currentState(ctx, h)
 	if err != nil {
-		release(ctx, conn, unlock)
-		return r.newErr(key, err)
+		r.abandon(ctx, h)
+		return false, r.writeErr(key, err)
 	}
 	if err := r.mirror(ctx, key, text); err != nil {
-		release(ctx, conn, unlock)
-		return err
+		r.abandon(ctx, h)
+		return false, err
 	}
+	h.taken = true
 	done := &pgx.Batch{}
 	done.Queue(`DELETE FROM `+schema.Outbox+` WHERE id = ANY($1)`, ids)
 	done.Queue(`SELECT pg_advisory_unlock($1)`, r.w.mirrorLock(key))
-	release(ctx, conn, done)
-	return nil
+	release(ctx, h.conn, done)
+	return false, nil
+}
+
+// currentState reads key's outbox entries and then its row in text form
+// (nil when NEW has none), in one transaction under pinned output settings.
+func (r *Repo[T]) currentState(ctx context.Context, h *held) (ids []int64, text []*string, err error) {
+	tx, err := h.conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, pgtext.PinOutput); err != nil {
+		return nil, nil, err
+	}
+	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(id), '{}') FROM `+schema.Outbox+` WHERE table_name = $1 AND key = $2`,
+		r.tableID, h.key).Scan(&ids); err != nil {
+		return nil, nil, err
+	}
+	rows, err := tx.Query(ctx, r.w.reconcileSQL, h.key)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := len(r.w.cols)
+	if rows.Next() {
+		text = make([]*string, n)
+		for i, v := range rows.RawValues()[n:] {
+			if v != nil {
+				s := string(v)
+				text[i] = &s
+			}
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	return ids, text, tx.Commit(ctx)
 }
 
 // RunRelay reconciles, every RelayInterval until ctx ends, the keys whose
@@ -478,33 +508,45 @@ func (r *Repo[T]) RunRelay(ctx context.Context) error {
 		case <-t.C:
 		}
 		if _, err := r.RelayOnce(ctx); err != nil && ctx.Err() == nil {
-			r.log.WarnContext(ctx, "lazymigrate: relay pass failed; retrying", "table", r.cfg.Table, "error", err)
+			r.log.WarnContext(ctx, "lazymigrate: relay pass left keys unreconciled; retrying", "table", r.cfg.Table, "error", err)
 		}
 	}
 }
 
-// RelayOnce runs one pass of the relay and returns how many keys it
-// reconciled.
+// RelayOnce runs one pass of the relay, oldest entries first, and returns
+// how many keys it reconciled. A key that fails, or whose lock a write
+// holds, is left for a later pass; the others go on. The error joins the
+// failures.
 func (r *Repo[T]) RelayOnce(ctx context.Context) (int, error) {
-	rows, err := r.new.Query(ctx, `SELECT DISTINCT key FROM `+schema.Outbox+`
-		WHERE table_name = $1 AND created_at < now() - $2::interval LIMIT 1000`, r.tableID, r.cfg.RelayDelay)
+	rows, err := r.new.Query(ctx, `SELECT key FROM `+schema.Outbox+`
+		WHERE table_name = $1 AND created_at < now() - $2::interval
+		GROUP BY key ORDER BY min(created_at) LIMIT 1000`, r.tableID, r.cfg.RelayDelay)
 	if err != nil {
-		return 0, r.newErr(-1, err)
+		return 0, fmt.Errorf("%w: relay %s: %w", ErrNewUnavailable, r.cfg.Table, err)
 	}
 	ks, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return 0, r.newErr(-1, err)
+		return 0, fmt.Errorf("%w: relay %s: %w", ErrNewUnavailable, r.cfg.Table, err)
 	}
-	for i, k := range ks {
-		if err := r.Reconcile(ctx, k); err != nil {
-			return i, err
+	done := 0
+	var errs []error
+	for _, k := range ks {
+		if ctx.Err() != nil {
+			break
+		}
+		busy, err := r.reconcile(ctx, k, true)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case !busy:
+			done++
 		}
 	}
-	return len(ks), nil
+	return done, errors.Join(errs...)
 }
 
 // Close waits for the background completion of writes, their bookkeeping
-// included. The Repo stays usable.
+// included. Call it after the last write has returned, at shutdown.
 func (r *Repo[T]) Close() {
 	r.bg.Wait()
 	r.tidy.wait()

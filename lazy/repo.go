@@ -131,6 +131,10 @@ type Config[T any] struct {
 	// ReconcileQueue is the asynq queue of reconcile tasks. Defaults to
 	// "lazymigrate".
 	ReconcileQueue string
+	// MirrorTimeout bounds the OLD step of a write: past it the write
+	// returns (NEW has committed) and the change is left to a reconcile.
+	// Defaults to 5 seconds.
+	MirrorTimeout time.Duration
 	// RelayDelay is how old an outbox entry must be before the relay
 	// reconciles its key: longer than a write takes to mirror itself.
 	// Defaults to 10 seconds.
@@ -201,8 +205,9 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	c.ReconcileQueue = cmp.Or(c.ReconcileQueue, "lazymigrate")
 	c.RelayDelay = cmp.Or(c.RelayDelay, 10*time.Second)
 	c.RelayInterval = cmp.Or(c.RelayInterval, time.Second)
-	if c.TrackerTimeout < 0 || c.RelayDelay < 0 || c.RelayInterval < 0 {
-		return nil, errors.New("lazy: Config.TrackerTimeout, RelayDelay and RelayInterval must not be negative")
+	c.MirrorTimeout = cmp.Or(c.MirrorTimeout, 5*time.Second)
+	if c.TrackerTimeout < 0 || c.RelayDelay < 0 || c.RelayInterval < 0 || c.MirrorTimeout < 0 {
+		return nil, errors.New("lazy: Config.TrackerTimeout, MirrorTimeout, RelayDelay and RelayInterval must not be negative")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -46,10 +46,11 @@ func (r *Repo[T]) put(ctx context.Context, key int64, rec T) (T, error) {
 	if err != nil {
 		return zero, err
 	}
-	conn, err := r.acquire(ctx)
+	h, err := r.acquire(ctx, key)
 	if err != nil {
 		return zero, err
 	}
+	defer r.releaseOnPanic(ctx, &h)
 	var b writeBatch
 	b.exec(`BEGIN ISOLATION LEVEL READ COMMITTED`)
 	r.queueLockAndPin(&b, key)
@@ -57,14 +58,18 @@ func (r *Repo[T]) put(ctx context.Context, key int64, rec T) (T, error) {
 	b.exec(r.w.untombSQL, r.tableID, key)
 	r.queueOutbox(&b, key)
 	b.exec(`COMMIT`)
-	return r.commit(ctx, conn, &b, key)
+	return r.commit(ctx, h, &b)
 }
 
 // Update changes the record of key in NEW: fn receives the current record
 // (promoted from OLD first if need be) while its row is locked, and what fn
 // leaves in it is stored in the same transaction and returned. An error
-// from fn aborts the update and is returned as it is. A key that does not
-// exist, or was deleted, returns ErrNotFound. fn must not change the key.
+// from fn aborts the update and is returned as it is; a panic in fn
+// releases everything and goes on. A key that does not exist, or was
+// deleted, returns ErrNotFound. fn must not change the key, should be
+// quick (it holds the row, the key's lock and a NEW connection), and must
+// not use NEW's pool itself: with the pool exhausted by writers waiting for
+// this key, it would wait for ever.
 func (r *Repo[T]) Update(ctx context.Context, key int64, fn func(rec *T) error) (T, error) {
 	start := time.Now()
 	v, err := r.update(ctx, key, fn)
@@ -84,18 +89,19 @@ func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) 
 	// promotion needs NEW connections of its own, and holding one here
 	// while waiting for another can exhaust the pool.
 	var (
-		conn *pgxpool.Conn
-		cur  T
+		h   *held
+		cur T
 	)
+	defer r.releaseOnPanic(ctx, &h)
 	for attempt := 0; ; attempt++ {
 		var err error
-		if conn, err = r.acquire(ctx); err != nil {
+		if h, err = r.acquire(ctx, key); err != nil {
 			return zero, err
 		}
-		if cur, err = r.lockRow(ctx, conn, key); err == nil {
+		if cur, err = r.lockRow(ctx, h); err == nil {
 			break
 		}
-		r.abandon(ctx, conn, key)
+		r.abandon(ctx, h)
 		switch {
 		case !errors.Is(err, pgx.ErrNoRows):
 			return zero, err
@@ -107,10 +113,10 @@ func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) 
 		}
 	}
 	fail := func(err error) (T, error) {
-		r.abandon(ctx, conn, key)
+		r.abandon(ctx, h)
 		return zero, err
 	}
-	if err := r.callUpdate(ctx, conn, key, fn, &cur); err != nil {
+	if err := fn(&cur); err != nil {
 		return fail(err)
 	}
 	vals, err := r.checkWrite(key, cur)
@@ -122,26 +128,14 @@ func (r *Repo[T]) update(ctx context.Context, key int64, fn func(rec *T) error) 
 	b.returning(r.w.updateSQL, vals...)
 	r.queueOutbox(&b, key)
 	b.exec(`COMMIT`)
-	return r.commit(ctx, conn, &b, key)
-}
-
-// callUpdate runs the caller's update function. If it panics, the
-// transaction, the key's mirror lock and conn are released before the panic
-// goes on: left held, they would block every later write of the key.
-func (r *Repo[T]) callUpdate(ctx context.Context, conn *pgxpool.Conn, key int64, fn func(*T) error, cur *T) error {
-	defer func() {
-		if p := recover(); p != nil {
-			r.abandon(ctx, conn, key)
-			panic(p)
-		}
-	}()
-	return fn(cur)
+	return r.commit(ctx, h, &b)
 }
 
 // lockRow takes key's mirror lock on conn, starts a transaction and reads
 // key's row FOR UPDATE. The caller abandons conn on error.
-func (r *Repo[T]) lockRow(ctx context.Context, conn *pgxpool.Conn, key int64) (T, error) {
+func (r *Repo[T]) lockRow(ctx context.Context, h *held) (T, error) {
 	var zero T
+	conn, key := h.conn, h.key
 	if r.mirrors() {
 		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, r.w.mirrorLock(key)); err != nil {
 			return zero, r.newErr(key, err)
@@ -174,17 +168,18 @@ func (r *Repo[T]) delete(ctx context.Context, key int64) error {
 	if err := r.writable(key); err != nil {
 		return err
 	}
-	conn, err := r.acquire(ctx)
+	h, err := r.acquire(ctx, key)
 	if err != nil {
 		return err
 	}
+	defer r.releaseOnPanic(ctx, &h)
 	var b writeBatch
 	b.exec(`BEGIN ISOLATION LEVEL READ COMMITTED`)
 	r.queueLockAndPin(&b, key)
 	r.queueDelete(&b, key)
 	r.queueOutbox(&b, key)
 	b.exec(`COMMIT`)
-	_, err = r.commit(ctx, conn, &b, key)
+	_, err = r.commit(ctx, h, &b)
 	return err
 }
 
@@ -250,10 +245,10 @@ func (r *Repo[T]) PutTx(ctx context.Context, tx pgx.Tx, key int64, rec T) error 
 
 // DeleteTx is Delete inside the caller's NEW transaction tx, which must run
 // at READ COMMITTED (Postgres's default). As with PutTx, OLD learns of it
-// after the commit, through Reconcile or the relay. Locks are taken per
-// call: a transaction that changes several keys through PutTx and DeleteTx
-// should do so in ascending key order, or it can deadlock with other
-// writers of the same keys (Postgres then aborts one of them).
+// after the commit, through Reconcile or the relay. Each call takes its
+// key's locks when it runs, so use one PutTx or DeleteTx per transaction: a
+// transaction holding the locks of one key while waiting for another's can
+// deadlock with other writers (Postgres then aborts one of them).
 func (r *Repo[T]) DeleteTx(ctx context.Context, tx pgx.Tx, key int64) error {
 	if err := r.writable(key); err != nil {
 		return err
@@ -308,12 +303,37 @@ func asKey(v any) (int64, bool) {
 	return 0, false
 }
 
-func (r *Repo[T]) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+// held is a write's NEW connection, which holds (or will hold) the key's
+// mirror lock, until finish or abandon takes it.
+type held struct {
+	conn  *pgxpool.Conn
+	key   int64
+	taken bool
+}
+
+func (r *Repo[T]) acquire(ctx context.Context, key int64) (*held, error) {
 	conn, err := r.w.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: write %s: %w", ErrNewUnavailable, r.cfg.Table, err)
 	}
-	return conn, nil
+	return &held{conn: conn, key: key}, nil
+}
+
+// releaseOnPanic, deferred by every write, lets a panic (in the caller's
+// Update function, Scan, Encode or ReverseTransform) go on only after h's
+// transaction, lock and connection are released: left held, they would
+// block every later write of the key. A change NEW already committed stays
+// in the outbox for the relay.
+// It takes a pointer to the write's *held, which Update replaces when it
+// starts over, and must itself be the deferred call: recover only works
+// there.
+func (r *Repo[T]) releaseOnPanic(ctx context.Context, hp **held) {
+	if p := recover(); p != nil {
+		if h := *hp; h != nil && !h.taken {
+			r.abandon(ctx, h)
+		}
+		panic(p)
+	}
 }
 
 func (r *Repo[T]) mirrors() bool { return !r.cfg.DisableMirror }
@@ -334,11 +354,10 @@ func (r *Repo[T]) queueLockAndPin(b *writeBatch, key int64) {
 }
 
 // queueMirrorXactLock takes key's mirror lock inside a caller's
-// transaction, which waits for any mirror of key under way.
+// transaction, which waits for any mirror of key under way; without
+// mirroring it still keeps writes of the key from interleaving.
 func (r *Repo[T]) queueMirrorXactLock(b *writeBatch, key int64) {
-	if r.mirrors() {
-		b.exec(`SELECT pg_advisory_xact_lock($1)`, r.w.mirrorLock(key))
-	}
+	b.exec(`SELECT pg_advisory_xact_lock($1)`, r.w.mirrorLock(key))
 }
 
 func (r *Repo[T]) queueOutbox(b *writeBatch, key int64) {
@@ -426,11 +445,12 @@ func (r *Repo[T]) send(ctx context.Context, conn *pgxpool.Conn, b *writeBatch) (
 
 // commit sends b, the write's transaction, on conn, then mirrors the change
 // to OLD and hands conn to finish.
-func (r *Repo[T]) commit(ctx context.Context, conn *pgxpool.Conn, b *writeBatch, key int64) (T, error) {
+func (r *Repo[T]) commit(ctx context.Context, h *held, b *writeBatch) (T, error) {
 	var zero T
-	res, err := r.send(ctx, conn, b)
+	key := h.key
+	res, err := r.send(ctx, h.conn, b)
 	if err != nil {
-		r.abandon(ctx, conn, key)
+		r.abandon(ctx, h)
 		if isScanError(err) {
 			return zero, err
 		}
@@ -440,7 +460,7 @@ func (r *Repo[T]) commit(ctx context.Context, conn *pgxpool.Conn, b *writeBatch,
 	if r.mirrors() {
 		mirrorErr = r.mirror(ctx, key, res.text)
 	}
-	r.finish(ctx, conn, key, res.outboxID, mirrorErr)
+	r.finish(ctx, h, res.outboxID, mirrorErr)
 	return res.rec, nil
 }
 

@@ -599,3 +599,127 @@ func TestUpdatePanicReleasesKey(t *testing.T) {
 		t.Fatalf("Put after a panicking Update: %v", err)
 	}
 }
+
+// One key OLD refuses for good must not keep the relay from the others.
+func TestRelayGoesPastAPoisonedKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	b.pair.Old.Exec(t, `ALTER TABLE accounts ADD CONSTRAINT no_poison CHECK (name <> 'poison') NOT VALID`)
+	refuseOldWrites(t, b)
+	repo := writeRepo(t, b, lazy.Config[Account]{RelayDelay: time.Millisecond})
+	if _, err := repo.Put(ctx, 1, account(1, "poison")); err != nil { // oldest entry
+		t.Fatal(err)
+	}
+	for k := int64(2); k <= 30; k++ {
+		if _, err := repo.Put(ctx, k, account(k, "while OLD refuses")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo.Close()
+	b.pair.Old.Exec(t, `DELETE FROM refuse`)
+	testenv.Eventually(t, 10*time.Second, "only the poisoned key left in the outbox", func() bool {
+		n, err := repo.RelayOnce(ctx)
+		return err != nil && n >= 0 && outboxLen(t, b) == 1
+	})
+	o, n := tableText(t, b.pair.Old), tableText(t, b.pair.New)
+	for k := int64(2); k <= 30; k++ {
+		if o[k] != n[k] {
+			t.Fatalf("key %d not mirrored past the poisoned key", k)
+		}
+	}
+}
+
+// A stalled OLD bounds a write by MirrorTimeout: NEW has committed, and the
+// change is left to a reconcile.
+func TestWriteReturnsWhenOldStalls(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{MirrorTimeout: 200 * time.Millisecond})
+	lock, err := b.pair.Old.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := repo.Put(ctx, 1, account(1, "while OLD stalls")); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Put with OLD stalled: %v (NEW committed, so the write succeeded)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Put still blocked 10s after MirrorTimeout with OLD stalled")
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	repo.Close()
+	if got := b.metric(t, "lazymigrate_mirror_total", "failed"); got != 1 {
+		t.Fatalf("mirror_total{failed} = %v, want 1", got)
+	}
+	if err := repo.Reconcile(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	requireOldEqualsNew(t, b)
+}
+
+// Without mirroring, writes in a caller's transaction still exclude other
+// writes of the key: a Put may not interleave with an open DeleteTx.
+func TestDeleteTxExcludesPutWithoutMirroring(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{DisableMirror: true})
+	tx, err := b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.DeleteTx(ctx, tx, 5000); err != nil {
+		t.Fatal(err)
+	}
+	put := make(chan error, 1)
+	go func() { _, err := repo.Put(ctx, 5000, account(5000, "put")); put <- err }()
+	select {
+	case err := <-put:
+		t.Fatalf("Put went through while a DeleteTx of the key was open (err %v)", err)
+	case <-time.After(300 * time.Millisecond): // Put must wait; what is tested is that it does not finish
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-put; err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Migrate(ctx, 5000); err != nil {
+		t.Fatalf("Migrate after Delete then Put: %v (a row and a tombstone side by side?)", err)
+	}
+}
+
+// A panicking Scan after the NEW commit must release the key too.
+func TestPanicAfterCommitReleasesKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	panicking := true
+	repo := writeRepo(t, b, lazy.Config[Account]{Scan: func(row pgx.CollectableRow) (Account, error) {
+		if panicking {
+			panic("scan")
+		}
+		return pgx.RowToStructByName[Account](row)
+	}})
+	func() {
+		defer func() { _ = recover() }()
+		_, _ = repo.Put(ctx, 4, account(4, "x"))
+		t.Fatal("the Scan panic was swallowed")
+	}()
+	panicking = false
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := repo.Put(wctx, 4, account(4, "after the panic")); err != nil {
+		t.Fatalf("Put after a panicking Scan: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 
+	"github.com/lazymigrate/lazymigrate/fallback"
 	"github.com/lazymigrate/lazymigrate/internal/exampledb"
 	"github.com/lazymigrate/lazymigrate/lazy"
 	"github.com/lazymigrate/lazymigrate/promote"
@@ -76,4 +77,55 @@ func Example() {
 	// scheduled after reading the promoted key again: [2]
 	// key 99 not found: true
 	// GetMany found 3 of 4 keys
+}
+
+// Writes go to NEW and are mirrored to OLD, so reads can be rolled back to
+// OLD at any moment without losing them.
+func ExampleRepo_Put() {
+	ctx := context.Background()
+	db := exampledb.Open(ctx, 3) // OLD holds accounts 1..3; NEW is empty
+	defer db.Close()
+
+	if err := promote.Setup(ctx, db.New); err != nil {
+		log.Fatal(err)
+	}
+	copier, err := promote.NewCopier(ctx, db.Old, db.New, &promote.CopierConfig{Table: "accounts"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mode, err := fallback.New(db.Redis, "accounts", &fallback.Config{Prefix: db.Prefix})
+	if err != nil {
+		log.Fatal(err)
+	}
+	repo, err := lazy.New(ctx, db.Old, db.New, &lazy.Config[Account]{Table: "accounts", Copier: copier, Mode: mode})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer repo.Close()
+
+	a, err := repo.Get(ctx, 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	a.Name = "Renamed"
+	if _, err := repo.Put(ctx, 1, a); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := repo.Update(ctx, 2, func(a *Account) error { a.BalanceCents += 50; return nil }); err != nil {
+		log.Fatal(err)
+	}
+	if err := repo.Delete(ctx, 3); err != nil {
+		log.Fatal(err)
+	}
+
+	// Roll reads back to OLD, for every process sharing the Redis key.
+	if err := mode.Set(ctx, fallback.ModeOld); err != nil {
+		log.Fatal(err)
+	}
+	one, _ := repo.Get(ctx, 1)
+	two, _ := repo.Get(ctx, 2)
+	_, err = repo.Get(ctx, 3)
+	fmt.Println("from OLD:", one.Name, two.BalanceCents, errors.Is(err, lazy.ErrNotFound))
+	// Output:
+	// from OLD: Renamed 250 true
 }

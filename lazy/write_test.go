@@ -387,26 +387,8 @@ func TestWritesInCallersTransaction(t *testing.T) {
 func TestMirroringNeedsReverseTransformWhenSchemasDiffer(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	p := testenv.NewPair(t)
-	p.Old.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, first text, last text)`)
-	p.New.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, full_name text)`)
-	if err := promote.Setup(ctx, p.New.Pool); err != nil {
-		t.Fatal(err)
-	}
-	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
-		Table: "people",
-		Transform: func(_ context.Context, o promote.Row) (promote.Row, error) {
-			return promote.Row{"id": o["id"], "full_name": fmt.Sprint(o["first"], " ", o["last"])}, nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	type person struct {
-		ID       int64  `db:"id"`
-		FullName string `db:"full_name"`
-	}
-	_, err = lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[person]{Table: "people", Copier: cp, OldColumns: []string{"id", "first", "last"}})
+	p, cp := peoplePair(t)
+	_, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[person]{Table: "people", Copier: cp, OldColumns: []string{"id", "first", "last"}})
 	if err == nil {
 		t.Fatal("mirroring across differing schemas without a ReverseTransform: want an error")
 	}
@@ -521,26 +503,8 @@ func refuseOldWrites(t *testing.T, b *testBundle) {
 func TestMirrorWithReverseTransform(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	p := testenv.NewPair(t)
-	p.Old.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, first text, last text)`)
-	p.New.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, full_name text)`)
+	p, cp := peoplePair(t)
 	p.Old.Exec(t, `INSERT INTO people VALUES (1, 'Ada', 'Lovelace')`)
-	if err := promote.Setup(ctx, p.New.Pool); err != nil {
-		t.Fatal(err)
-	}
-	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
-		Table: "people",
-		Transform: func(_ context.Context, o promote.Row) (promote.Row, error) {
-			return promote.Row{"id": o["id"], "full_name": fmt.Sprint(o["first"], " ", o["last"])}, nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	type person struct {
-		ID       int64  `db:"id"`
-		FullName string `db:"full_name"`
-	}
 	repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[person]{
 		Table: "people", Copier: cp, OldColumns: []string{"id", "first", "last"},
 		ScanOld: func(row pgx.CollectableRow) (person, error) {
@@ -722,4 +686,34 @@ func TestPanicAfterCommitReleasesKey(t *testing.T) {
 	if _, err := repo.Put(wctx, 4, account(4, "after the panic")); err != nil {
 		t.Fatalf("Put after a panicking Scan: %v", err)
 	}
+}
+
+// person is a record of peoplePair's NEW table.
+type person struct {
+	ID       int64  `db:"id"`
+	FullName string `db:"full_name"`
+}
+
+// peoplePair returns databases whose schemas differ, OLD people(id, first,
+// last) and NEW people(id, full_name), and a Copier transforming between
+// them.
+func peoplePair(t *testing.T) (*testenv.Pair, *promote.Copier) {
+	t.Helper()
+	ctx := context.Background()
+	p := &testenv.Pair{Old: testenv.NewDatabase(t, "old"), New: testenv.NewDatabase(t, "new")}
+	p.Old.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, first text, last text)`)
+	p.New.Exec(t, `CREATE TABLE people (id bigint PRIMARY KEY, full_name text)`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
+		Table: "people",
+		Transform: func(_ context.Context, o promote.Row) (promote.Row, error) {
+			return promote.Row{"id": o["id"], "full_name": fmt.Sprint(o["first"], " ", o["last"])}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, cp
 }

@@ -142,17 +142,7 @@ func (countTracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndDa
 
 func countingPool(t *testing.T, db *testenv.Database, n *atomic.Int64) *pgxpool.Pool {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.Tracer = countTracer{n}
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
+	return db.NewPool(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = countTracer{n} })
 }
 
 // redisCounter counts the commands a Redis client sends, and can make them

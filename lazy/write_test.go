@@ -155,10 +155,10 @@ func TestWritesRejectBadInput(t *testing.T) {
 	if got := tableText(t, b.pair.Old); len(got) != len(before) || got[4] != before[4] {
 		t.Fatal("OLD changed by rejected writes")
 	}
-	if _, err := lazy.New(ctx, b.pair.Old.Pool, b.pair.New.Pool, &lazy.Config[Account]{Table: "accounts"}); err != nil {
+	readOnly, err := lazy.New(ctx, b.pair.Old.Pool, b.pair.New.Pool, &lazy.Config[Account]{Table: "accounts"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	readOnly, _ := lazy.New(ctx, b.pair.Old.Pool, b.pair.New.Pool, &lazy.Config[Account]{Table: "accounts"})
 	if _, err := readOnly.Put(ctx, 1, account(1, "x")); !errors.Is(err, lazy.ErrNoWrites) {
 		t.Fatalf("Put on a repo without a Copier: err = %v, want ErrNoWrites", err)
 	}
@@ -403,16 +403,7 @@ func TestMirroringNeedsReverseTransformWhenSchemasDiffer(t *testing.T) {
 func TestConcurrentUpdatesDoNotExhaustPool(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOpts{})
-	cfg, err := pgxpool.ParseConfig(b.pair.New.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 2
-	small, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(small.Close)
+	small := b.pair.New.NewPool(t, func(c *pgxpool.Config) { c.MaxConns = 2 })
 	cp, err := promote.NewCopier(context.Background(), b.pair.Old.Pool, small, &promote.CopierConfig{Table: "accounts"})
 	if err != nil {
 		t.Fatal(err)

@@ -18,12 +18,7 @@ import (
 // sessions pick them up.
 func freshPool(t *testing.T, db *testenv.Database) *pgxpool.Pool {
 	t.Helper()
-	p, err := pgxpool.New(context.Background(), db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	return p
+	return db.NewPool(t, nil)
 }
 
 func newCopier(t *testing.T, p *testenv.Pair, oldPool, newPool *pgxpool.Pool, cfg promote.CopierConfig) *promote.Copier {
@@ -117,38 +112,10 @@ func TestCopyRefusesDuplicateOldKeys(t *testing.T) {
 // snapshot would predate the lock wait and miss the tombstone.
 func TestCopyWaitsForConcurrentDeleteUnderRepeatableReadDefault(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	b := setup(t, nil)
 	b.pair.New.Exec(t, fmt.Sprintf(`ALTER DATABASE %q SET default_transaction_isolation = 'repeatable read'`, b.pair.New.Name))
 	cp := newCopier(t, b.pair, b.pair.Old.Pool, freshPool(t, b.pair.New), promote.CopierConfig{Table: "accounts"})
-
-	tx, err := b.pair.New.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if err := cp.LockKeys(ctx, tx, []int64{7}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO lazymigrate.tombstones (table_name, key) VALUES ('public.accounts', 7)`); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { _, err := cp.CopyKeys(ctx, []int64{7}); done <- err }()
-	testenv.Eventually(t, 10*time.Second, "copy waits for the advisory lock", func() bool {
-		var waiting int
-		_ = b.pair.New.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&waiting)
-		return waiting > 0
-	})
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := rowsText(t, b.pair.New, "accounts")[7]; ok {
-		t.Fatal("key 7 was resurrected under a REPEATABLE READ default")
-	}
+	requireCopyWaitsForDelete(t, b, cp)
 }
 
 // Keys scattered over many stripes must not exhaust Postgres's shared lock
@@ -295,16 +262,7 @@ func TestTransformPathIgnoresSessionSettings(t *testing.T) {
 func TestCopyHonoursDeadlineWhenNewIsUnavailable(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	cfg, err := pgxpool.ParseConfig(b.pair.New.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 1
-	small, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(small.Close)
+	small := b.pair.New.NewPool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
 	cp, err := promote.NewCopier(context.Background(), b.pair.Old.Pool, small, &promote.CopierConfig{Table: "accounts"})
 	if err != nil {
 		t.Fatal(err)

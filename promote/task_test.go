@@ -3,6 +3,7 @@ package promote_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -430,31 +431,9 @@ func TestEnqueuerForgetsAfterIdleWindow(t *testing.T) {
 func TestHandlerIsolatesRejectedRows(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	p := testenv.NewPair(t)
-	p.Old.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s text)`)
-	p.New.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s varchar(5))`)
-	p.Old.Exec(t, `INSERT INTO t SELECT i, CASE WHEN i IN (7, 13) THEN 'much too long' ELSE 'ok' END FROM generate_series(1, 20) i`)
-	if err := promote.Setup(ctx, p.New.Pool); err != nil {
-		t.Fatal(err)
-	}
-	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{Table: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	h, err := promote.NewHandler([]*promote.Copier{cp}, &promote.HandlerConfig{Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ks := make([]int64, 20)
-	for i := range ks {
-		ks[i] = int64(i + 1)
-	}
-	task, err := promote.NewTask("t", ks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = h.ProcessTask(ctx, task)
+	// Keys 7 and 13 hold values too long for NEW's varchar(5).
+	p, h, reg, task := rejectingTask(t, 20, "CASE WHEN i IN (7, 13) THEN 'much too long' ELSE 'ok' END", 5, promote.Hooks{})
+	err := h.ProcessTask(ctx, task)
 	if !errors.Is(err, promote.ErrRowRejected) || !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want ErrRowRejected and SkipRetry", err)
 	}
@@ -506,33 +485,9 @@ func TestEnqueuerRefusesKeysAfterStartContextEnds(t *testing.T) {
 func TestHandlerBoundsIsolationOfRejectedBatch(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	p := testenv.NewPair(t)
-	p.Old.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s text)`)
-	p.New.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s varchar(1))`)
-	p.Old.Exec(t, `INSERT INTO t SELECT i, 'too long' FROM generate_series(1, 500) i`)
-	if err := promote.Setup(ctx, p.New.Pool); err != nil {
-		t.Fatal(err)
-	}
 	var copies atomic.Int64
-	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{
-		Table: "t", Hooks: promote.Hooks{AfterRead: func(context.Context, []int64) { copies.Add(1) }},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	h, err := promote.NewHandler([]*promote.Copier{cp}, &promote.HandlerConfig{Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ks := make([]int64, 500)
-	for i := range ks {
-		ks[i] = int64(i + 1)
-	}
-	task, err := promote.NewTask("t", ks)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, h, reg, task := rejectingTask(t, 500, "'too long'", 1,
+		promote.Hooks{AfterRead: func(context.Context, []int64) { copies.Add(1) }})
 	if err := h.ProcessTask(ctx, task); !errors.Is(err, promote.ErrRowRejected) || !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("err = %v, want ErrRowRejected and SkipRetry", err)
 	}
@@ -542,4 +497,37 @@ func TestHandlerBoundsIsolationOfRejectedBatch(t *testing.T) {
 	if n := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "rejected"); n != 500 {
 		t.Fatalf("rejected = %v, want 500", n)
 	}
+}
+
+// rejectingTask makes OLD t(id, s text) with n rows whose s is the SQL
+// expression value (over i, the key), NEW t with s varchar(width), and a
+// handler and task to promote all n keys.
+func rejectingTask(t *testing.T, n int, value string, width int, hooks promote.Hooks) (*testenv.Pair, *promote.Handler, *prometheus.Registry, *asynq.Task) {
+	t.Helper()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	p.Old.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY, s text)`)
+	p.New.Exec(t, fmt.Sprintf(`CREATE TABLE t (id bigint PRIMARY KEY, s varchar(%d))`, width))
+	p.Old.Exec(t, fmt.Sprintf(`INSERT INTO t SELECT i, %s FROM generate_series(1, %d) i`, value, n))
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{Table: "t", Hooks: hooks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	h, err := promote.NewHandler([]*promote.Copier{cp}, &promote.HandlerConfig{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := make([]int64, n)
+	for i := range ks {
+		ks[i] = int64(i + 1)
+	}
+	task, err := promote.NewTask("t", ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, h, reg, task
 }

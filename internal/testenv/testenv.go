@@ -113,6 +113,26 @@ func withDatabase(admin, name string) string {
 	return admin + " dbname=" + name
 }
 
+// NewPool opens another pool on db, configured by configure (which may be
+// nil), and closes it when the test ends: for a pool smaller than db.Pool,
+// one with a tracer, or one opened after database-level settings changed.
+func (db *Database) NewPool(t testing.TB, configure func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	if err != nil {
+		t.Fatalf("testenv: pool on %s: %v", db.Name, err)
+	}
+	if configure != nil {
+		configure(cfg)
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("testenv: pool on %s: %v", db.Name, err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
 // Exec runs statements on db and fails the test on error.
 func (db *Database) Exec(t testing.TB, sql string, args ...any) {
 	t.Helper()

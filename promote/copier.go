@@ -51,6 +51,9 @@ type Hooks struct {
 	// AfterCommit runs after NEW commits and before the tracker is marked. An
 	// error stops the copy there, as a crash would.
 	AfterCommit func(ctx context.Context, keys []int64) error
+	// AfterLock runs in a bulk range copy (see CopierConfig.NoBulk) after
+	// NEW's locks are taken and before OLD is read.
+	AfterLock func(ctx context.Context, lo, hi int64)
 }
 
 // MaxRangeKeys bounds CopyRange: the rows of a range are held in memory.
@@ -90,6 +93,11 @@ type CopierConfig struct {
 	// and a Copier with another value is refused. Defaults to 10 (1024 keys
 	// a lock); at most 40.
 	StripeBits uint
+	// NoBulk turns off CopyRange's bulk path. By default, when no Transform
+	// is set, every column has the same built-in type in OLD and NEW, and
+	// both databases are pools (*pgxpool.Pool), CopyRange streams OLD's rows
+	// into NEW with binary COPY, several times faster than the row path.
+	NoBulk bool
 	// Marker records settled keys after each commit. Defaults to none.
 	Marker Marker
 	// Hooks are for tests. Defaults to none.
@@ -130,6 +138,7 @@ type Copier struct {
 	keyIdx   int              // index of the key column in cols
 	oldKey   int              // index of the key column in oldCols
 
+	bulk                      *bulkRange // nil: CopyRange takes the row path
 	selectSQL, selectRangeSQL string
 	insertSQL                 string
 	tombSQL, tombRangeSQL     string
@@ -213,6 +222,7 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 		log:    c.Logger,
 	}
 	cp.buildSQL(ot, nt, oldKey)
+	cp.bulk = cp.newBulkRange(ot, nt, oldKey)
 	cp.rows = metrics.CounterVec(c.Registerer, "copy_rows_total",
 		"Keys handled by the copier, by outcome (copied, present, tombstoned, absent).", "table", "outcome").
 		MustCurryWith(prometheus.Labels{"table": c.Table})
@@ -279,14 +289,23 @@ func (c *Copier) CopyRange(ctx context.Context, lo, hi int64) (Result, error) {
 	if lo == hi {
 		return Result{}, nil
 	}
-	res, settled, err := c.copy(ctx, c.selectRangeSQL, []any{lo, hi}, c.tombRangeSQL, []any{c.tableID, lo, hi})
-	if err != nil {
-		return res, err
-	}
-	res.Absent = int(hi-lo) - len(settled)
-	c.rows.WithLabelValues("absent").Add(float64(res.Absent))
-	if err := c.afterCommit(ctx, settled); err != nil {
-		return res, err
+	var res Result
+	if c.bulk != nil {
+		var err error
+		if res, err = c.copyRangeBulk(ctx, lo, hi); err != nil {
+			return res, err
+		}
+	} else {
+		r, settled, err := c.copy(ctx, c.selectRangeSQL, []any{lo, hi}, c.tombRangeSQL, []any{c.tableID, lo, hi})
+		if err != nil {
+			return r, err
+		}
+		res = r
+		res.Absent = int(hi-lo) - len(settled)
+		c.rows.WithLabelValues("absent").Add(float64(res.Absent))
+		if err := c.afterCommit(ctx, settled); err != nil {
+			return res, err
+		}
 	}
 	if c.cfg.Marker != nil {
 		if err := c.cfg.Marker.MarkRange(ctx, lo, hi); err != nil {

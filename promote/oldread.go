@@ -42,7 +42,7 @@ func (c *Copier) buildSQL(ot, nt *pgtable.Table, oldKey pgtable.Column) {
 		from = ot.Ident + ", lm_pin"
 	}
 	c.selectSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = ANY($1::bigint[])`, list, from, keyRef)
-	c.selectRangeSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= $1 AND %s < $2`, list, from, keyRef, keyRef)
+	c.selectRangeSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= $1::bigint AND %s < $2::bigint`, list, from, keyRef, keyRef)
 	if c.cfg.Transform != nil {
 		pin := "WITH lm_pin AS MATERIALIZED (" + pgtext.PinOutput + ") "
 		c.selectSQL, c.selectRangeSQL = pin+c.selectSQL, pin+c.selectRangeSQL

@@ -129,14 +129,15 @@ func (r Result) Add(o Result) Result {
 // replaces a row NEW already has and never inserts a tombstoned key. It is
 // safe for concurrent use.
 type Copier struct {
-	old, new DB
-	cfg      CopierConfig
-	tableID  string
-	locks    lockSpace
-	cols     []pgtable.Column // NEW columns written, in insert order
-	oldCols  []pgtable.Column // OLD columns read
-	keyIdx   int              // index of the key column in cols
-	oldKey   int              // index of the key column in oldCols
+	old, new  DB
+	cfg       CopierConfig
+	tableID   string
+	locks     lockSpace
+	cols      []pgtable.Column // NEW columns written, in insert order
+	oldCols   []pgtable.Column // OLD columns read
+	keyIdx    int              // index of the key column in cols
+	oldKey    int              // index of the key column in oldCols
+	boundsSQL string           // OLD's smallest and largest key
 
 	bulk                      *bulkRange // nil: CopyRange takes the row path
 	selectSQL, selectRangeSQL string
@@ -223,6 +224,7 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 	}
 	cp.buildSQL(ot, nt, oldKey)
 	cp.bulk = cp.newBulkRange(ot, nt, oldKey)
+	cp.boundsSQL = fmt.Sprintf(`SELECT min(%s)::bigint, max(%[1]s)::bigint FROM %s`, oldKey.Ident(), ot.Ident)
 	cp.rows = metrics.CounterVec(c.Registerer, "copy_rows_total",
 		"Keys handled by the copier, by outcome (copied, present, tombstoned, absent).", "table", "outcome").
 		MustCurryWith(prometheus.Labels{"table": c.Table})
@@ -242,6 +244,19 @@ func (c *Copier) TableID() string { return c.tableID }
 // HasTransform reports whether the copier transforms OLD rows, that is,
 // whether OLD's and NEW's schemas differ.
 func (c *Copier) HasTransform() bool { return c.cfg.Transform != nil }
+
+// OldBounds returns the smallest and the largest key of OLD's table, read
+// from the two ends of the key's index. ok is false when the table is empty.
+func (c *Copier) OldBounds(ctx context.Context) (lo, hi int64, ok bool, err error) {
+	var min, max *int64
+	if err := c.old.QueryRow(ctx, c.boundsSQL).Scan(&min, &max); err != nil {
+		return 0, 0, false, oldError(c.cfg.Table, err)
+	}
+	if min == nil {
+		return 0, 0, false, nil
+	}
+	return *min, *max, true, nil
+}
 
 // CopyKeys copies the rows with the given keys from OLD to NEW and marks the
 // keys that are now settled (copied, already present, or tombstoned). Keys

@@ -51,3 +51,10 @@ func HistogramVec(reg prometheus.Registerer, name, help string, buckets []float6
 
 // LatencyBuckets suit database and Redis calls: 50µs to 10s.
 var LatencyBuckets = prometheus.ExponentialBucketsRange(50e-6, 10, 16)
+
+// GaugeVec registers (or reuses) a gauge vector named lazymigrate_<name>.
+func GaugeVec(reg prometheus.Registerer, name, help string, labels ...string) *prometheus.GaugeVec {
+	return Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: name, Help: help,
+	}, labels))
+}

@@ -22,6 +22,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/lazymigrate/lazymigrate/internal/connect"
 )
 
 // Require returns the environment variable name, or skips t with a message
@@ -144,12 +146,13 @@ func (db *Database) Exec(t testing.TB, sql string, args ...any) {
 }
 
 // RedisOptions parses a Redis address given as a URL (redis://host:port/db)
-// or as host:port.
+// or as host:port, for a single-node client.
 func RedisOptions(addr string) (*redis.Options, error) {
-	if strings.Contains(addr, "://") {
-		return redis.ParseURL(addr)
+	o, err := connect.RedisOptions(addr)
+	if err != nil {
+		return nil, err
 	}
-	return &redis.Options{Addr: addr}, nil
+	return o.Simple(), nil
 }
 
 // Redis returns a client on LM_REDIS_ADDR and a key prefix unique to the

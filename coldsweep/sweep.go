@@ -67,8 +67,9 @@ type Config struct {
 	Rate float64
 	// KeysThreshold chooses how a chunk is copied: when at most this share
 	// of its keys is unsettled, only those keys are copied (promote's
-	// CopyKeys); above it, the whole range (CopyRange, binary COPY when
-	// possible). Defaults to 0.2.
+	// CopyRangeKeys); above it, the whole range, skipping what NEW has
+	// (CopyRange). Both use binary COPY when the copier can. Defaults to
+	// 0.5.
 	KeysThreshold float64
 	// Throttle holds the sweep back while the databases are under
 	// pressure. Nil: the defaults of ThrottleConfig.
@@ -185,7 +186,7 @@ func New(cfg *Config) (*Sweeper, error) {
 	if c.Shard.N > 1 && (c.Shard.I < 0 || c.Shard.I >= c.Shard.N) {
 		return nil, fmt.Errorf("coldsweep: Config.Shard %d/%d: want 0 <= i < n", c.Shard.I, c.Shard.N)
 	}
-	c.KeysThreshold = cmp.Or(c.KeysThreshold, 0.2)
+	c.KeysThreshold = cmp.Or(c.KeysThreshold, 0.5)
 	c.Retries = cmp.Or(c.Retries, 8)
 	c.StopTimeout = cmp.Or(c.StopTimeout, time.Minute)
 	c.ProgressInterval = cmp.Or(c.ProgressInterval, time.Second)
@@ -439,14 +440,11 @@ func (r *run) copyChunk(ctx context.Context, ch Span) (promote.Result, string, e
 	outcome := "range"
 	if float64(len(left)) <= r.cfg.KeysThreshold*float64(ch.Len()) {
 		outcome = "keys"
-		for part := range slices.Chunk(left, promote.MaxTaskKeys) {
-			r, err := r.cfg.Copier.CopyKeys(ctx, part)
-			res = res.Add(r)
-			if err != nil {
-				return res, "", err
-			}
-		}
-	} else if res, err = r.cfg.Copier.CopyRange(ctx, ch.Lo, ch.Hi); err != nil {
+		res, err = r.cfg.Copier.CopyRangeKeys(ctx, ch.Lo, ch.Hi, left)
+	} else {
+		res, err = r.cfg.Copier.CopyRange(ctx, ch.Lo, ch.Hi)
+	}
+	if err != nil {
 		return res, "", err
 	}
 	if err := r.cfg.Tracker.MarkRange(ctx, ch.Lo, ch.Hi); err != nil {

@@ -561,6 +561,12 @@ func BenchmarkVerify(b *testing.B) {
 
 // rawCopy streams table from one database into the other with binary COPY.
 func rawCopy(ctx context.Context, from, to *pgxpool.Pool, table string) (int64, error) {
+	return rawCopyOf(ctx, from, to, table, table)
+}
+
+// rawCopyOf streams the rows of source (a table, or a query in parentheses)
+// into table with binary COPY.
+func rawCopyOf(ctx context.Context, from, to *pgxpool.Pool, source, table string) (int64, error) {
 	src, err := from.Acquire(ctx)
 	if err != nil {
 		return 0, err
@@ -574,7 +580,7 @@ func rawCopy(ctx context.Context, from, to *pgxpool.Pool, table string) (int64, 
 	pr, pw := io.Pipe()
 	copied := make(chan error, 1)
 	go func() {
-		_, err := src.Conn().PgConn().CopyTo(ctx, pw, "COPY "+table+" TO STDOUT (FORMAT binary)")
+		_, err := src.Conn().PgConn().CopyTo(ctx, pw, "COPY "+source+" TO STDOUT (FORMAT binary)")
 		pw.CloseWithError(err)
 		copied <- err
 	}()

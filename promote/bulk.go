@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -46,8 +47,10 @@ type bulkRange struct {
 	oldSelect string // SELECT <cols> FROM old WHERE key >= %d AND key < %d
 	oldKey    string // OLD's key column, quoted
 	copyIn    string
-	listSQL   string
-	countSQL  string
+	listSQL   string // keys of a range NEW has or has tombstoned
+	listKeys  string // the same among given keys
+	countSQL  string // %s: OLD's rows and tombstoned rows of a range
+	countKeys string // %s, %s: the same among given keys
 }
 
 // newBulkRange returns nil when the copier cannot use COPY.
@@ -78,13 +81,21 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 		listSQL: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint
 UNION ALL
 SELECT key, true FROM %[3]s WHERE table_name = $3 AND key >= $1::bigint AND key < $2::bigint`, newKey, nt.Ident, schema.Tombstones),
-		countSQL: fmt.Sprintf(`SELECT count(*) FILTER (WHERE %[1]s = ANY($1::bigint[]))::int, count(*) FILTER (WHERE %[1]s = ANY($2::bigint[]))::int
-FROM %[2]s WHERE %[1]s = ANY($1::bigint[] || $2::bigint[])`, key, ot.Ident),
+		listKeys: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s = ANY($1::bigint[])
+UNION ALL
+SELECT key, true FROM %[3]s WHERE table_name = $2 AND key = ANY($1::bigint[])`, newKey, nt.Ident, schema.Tombstones),
+		// Key lists are spliced in as array literals, which Postgres hashes
+		// (a parameter it would scan once per row).
+		countSQL: fmt.Sprintf(`SELECT count(*)::int, count(*) FILTER (WHERE %[1]s = ANY('%%s'::bigint[]))::int
+FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint`, key, ot.Ident),
+		countKeys: fmt.Sprintf(`SELECT count(*)::int, count(*) FILTER (WHERE %[1]s = ANY('%%s'::bigint[]))::int
+FROM %[2]s WHERE %[1]s = ANY('%%s'::bigint[])`, key, ot.Ident),
 	}
 }
 
-// copyRange copies [lo, hi) and returns the counts, Absent included.
-func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64) (res Result, err error) {
+// copyRangeBulk copies [lo, hi), or only the sorted keys ks of it when ks is
+// not nil, and returns the counts, Absent included.
+func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (res Result, err error) {
 	start := time.Now()
 	defer func() { c.duration.Observe(time.Since(start).Seconds()) }()
 
@@ -95,14 +106,21 @@ func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64) (res Result, e
 		if first := from >> c.cfg.StripeBits << c.cfg.StripeBits; to-first > step {
 			to = first + step
 		}
-		r, err := c.bulkOnce(ctx, from, to)
-		for attempt := 1; isUniqueViolation(err) && attempt < 3; attempt++ {
-			// A writer went around the stripe locks; list again.
-			r, err = c.bulkOnce(ctx, from, to)
+		var part []int64
+		if ks != nil {
+			n, _ := slices.BinarySearch(ks, to)
+			part, ks = ks[:n], ks[n:]
 		}
-		res = res.Add(r)
-		if err != nil {
-			return res, err
+		if ks == nil || len(part) > 0 {
+			r, err := c.bulkOnce(ctx, from, to, part)
+			for attempt := 1; isUniqueViolation(err) && attempt < 3; attempt++ {
+				// A writer went around the stripe locks; list again.
+				r, err = c.bulkOnce(ctx, from, to, part)
+			}
+			res = res.Add(r)
+			if err != nil {
+				return res, err
+			}
 		}
 		from = to
 	}
@@ -113,9 +131,9 @@ func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64) (res Result, e
 	return res, nil
 }
 
-// bulkOnce copies [lo, hi), which spans at most MaxLocksPerTx stripes, in one
-// NEW transaction.
-func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64) (res Result, err error) {
+// bulkOnce copies [lo, hi), which spans at most MaxLocksPerTx stripes, or
+// only the keys ks of it when ks is not empty, in one NEW transaction.
+func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res Result, err error) {
 	b := c.bulk
 	conn, err := b.new.Acquire(ctx)
 	if err != nil {
@@ -133,14 +151,20 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64) (res Result, err er
 		conn.Release()
 	}()
 
-	var stripes []int64
-	for s := lo >> c.cfg.StripeBits; s <= (hi-1)>>c.cfg.StripeBits; s++ {
-		stripes = append(stripes, s<<c.cfg.StripeBits)
+	stripes := ks
+	if len(ks) == 0 {
+		for s := lo >> c.cfg.StripeBits; s <= (hi-1)>>c.cfg.StripeBits; s++ {
+			stripes = append(stripes, s<<c.cfg.StripeBits)
+		}
 	}
 	batch := &pgx.Batch{}
 	batch.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
 	batch.Queue(lockSQL, c.locks.ids(stripes))
-	batch.Queue(b.listSQL, lo, hi, b.tableID)
+	if len(ks) == 0 {
+		batch.Queue(b.listSQL, lo, hi, b.tableID)
+	} else {
+		batch.Queue(b.listKeys, ks, b.tableID)
+	}
 	br := conn.SendBatch(ctx, batch)
 	present, tombs := []int64{}, []int64{}
 	if _, err = br.Exec(); err == nil {
@@ -171,13 +195,40 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64) (res Result, err er
 		h(ctx, lo, hi)
 	}
 
-	sel := fmt.Sprintf(b.oldSelect, lo, hi)
+	var inOld, tombsInOld int
 	skip := append(present, tombs...) // a tombstoned key is never in NEW
-	if len(skip) > 0 {
+	sel, domain := fmt.Sprintf(b.oldSelect, lo, hi), int(hi-lo)
+	count := func() error {
+		// Only for the counts: how many rows OLD holds, and how many of
+		// them are tombstoned. Read in a snapshot of their own, they are
+		// exact unless OLD changes meanwhile.
+		var row pgx.Row
+		if len(ks) == 0 {
+			row = c.old.QueryRow(ctx, fmt.Sprintf(b.countSQL, int64Array(tombs)), lo, hi)
+		} else {
+			row = c.old.QueryRow(ctx, fmt.Sprintf(b.countKeys, int64Array(tombs), int64Array(ks)))
+		}
+		if err := row.Scan(&inOld, &tombsInOld); err != nil {
+			return oldError(c.cfg.Table, err)
+		}
+		return nil
+	}
+	switch {
+	case len(ks) > 0:
+		domain = len(ks)
+		want := ks
+		if len(skip) > 0 {
+			slices.Sort(skip)
+			want = slices.DeleteFunc(slices.Clone(ks), func(k int64) bool { _, found := slices.BinarySearch(skip, k); return found })
+			if err := count(); err != nil {
+				return Result{}, err
+			}
+		}
+		sel = fmt.Sprintf(`%s AND %s = ANY('%s'::bigint[])`, sel, b.oldKey, int64Array(want))
+	case len(skip) > 0:
 		sel += fmt.Sprintf(` AND NOT %s = ANY('%s'::bigint[])`, b.oldKey, int64Array(skip))
-		// Only for the counts: which skipped keys OLD holds.
-		if err := c.old.QueryRow(ctx, b.countSQL, present, tombs).Scan(&res.Present, &res.Tombstoned); err != nil {
-			return Result{}, oldError(c.cfg.Table, err)
+		if err := count(); err != nil {
+			return Result{}, err
 		}
 	}
 	n, err := c.pipe(ctx, conn, "COPY ("+sel+") TO STDOUT (FORMAT binary)")
@@ -189,11 +240,15 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64) (res Result, err er
 	}
 	committed = true
 	res.Copied = int(n)
-	// Tombstoned counts every tombstone of the range, as the row path does;
-	// Absent counts the keys that are neither in OLD nor tombstoned.
-	inOld := res.Copied + res.Present + res.Tombstoned
-	res.Absent = int(hi-lo) - inOld - (len(tombs) - res.Tombstoned)
+	if len(skip) == 0 {
+		inOld = res.Copied
+	}
+	// As on the row path: Present counts OLD's rows NEW already had,
+	// Tombstoned every tombstone of the range, and Absent the keys neither
+	// in OLD nor tombstoned.
+	res.Present = max(0, inOld-res.Copied-tombsInOld)
 	res.Tombstoned = len(tombs)
+	res.Absent = max(0, domain-inOld-(len(tombs)-tombsInOld))
 	if h := c.cfg.Hooks.AfterCommit; h != nil {
 		if err := h(ctx, nil); err != nil {
 			return res, fmt.Errorf("promote: copy %s: after commit: %w", c.cfg.Table, err)

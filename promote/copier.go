@@ -270,13 +270,8 @@ func (c *Copier) CopyKeys(ctx context.Context, ks []int64) (Result, error) {
 	if len(ks) == 0 {
 		return Result{}, nil
 	}
-	res, settled, err := c.copy(ctx, c.selectSQL, []any{ks}, c.tombSQL, []any{c.tableID, ks})
+	res, settled, err := c.copyKeysSettled(ctx, ks)
 	if err != nil {
-		return res, err
-	}
-	res.Absent = len(ks) - len(settled)
-	c.rows.WithLabelValues("absent").Add(float64(res.Absent))
-	if err := c.afterCommit(ctx, settled); err != nil {
 		return res, err
 	}
 	if c.cfg.Marker != nil && len(settled) > 0 {
@@ -307,7 +302,7 @@ func (c *Copier) CopyRange(ctx context.Context, lo, hi int64) (Result, error) {
 	var res Result
 	if c.bulk != nil {
 		var err error
-		if res, err = c.copyRangeBulk(ctx, lo, hi); err != nil {
+		if res, err = c.copyRangeBulk(ctx, lo, hi, nil); err != nil {
 			return res, err
 		}
 	} else {
@@ -323,6 +318,58 @@ func (c *Copier) CopyRange(ctx context.Context, lo, hi int64) (Result, error) {
 		}
 	}
 	if c.cfg.Marker != nil {
+		if err := c.cfg.Marker.MarkRange(ctx, lo, hi); err != nil {
+			return res, fmt.Errorf("promote: copy %s: mark range [%d, %d): %w", c.cfg.Table, lo, hi, err)
+		}
+	}
+	return res, nil
+}
+
+// copyKeys copies the sorted keys ks on the row path, without marking them.
+func (c *Copier) copyKeys(ctx context.Context, ks []int64) (Result, error) {
+	res, _, err := c.copyKeysSettled(ctx, ks)
+	return res, err
+}
+
+func (c *Copier) copyKeysSettled(ctx context.Context, ks []int64) (Result, []int64, error) {
+	res, settled, err := c.copy(ctx, c.selectSQL, []any{ks}, c.tombSQL, []any{c.tableID, ks})
+	if err != nil {
+		return res, nil, err
+	}
+	res.Absent = len(ks) - len(settled)
+	c.rows.WithLabelValues("absent").Add(float64(res.Absent))
+	return res, settled, c.afterCommit(ctx, settled)
+}
+
+// CopyRangeKeys copies the rows with the given keys, all in [lo, hi), and
+// then marks the whole range settled as CopyRange does: the caller vouches
+// that the range's other keys are settled already. A sweep that asked the
+// tracker which keys of a range are left uses it to copy only those, with
+// CopyRange's bulk path when it is available.
+func (c *Copier) CopyRangeKeys(ctx context.Context, lo, hi int64, ks []int64) (Result, error) {
+	if err := keys.CheckRange(lo, hi); err != nil {
+		return Result{}, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
+	}
+	ks = keys.SortedUnique(ks)
+	if len(ks) > 0 && (ks[0] < lo || ks[len(ks)-1] >= hi) {
+		return Result{}, fmt.Errorf("promote: copy %s: keys must lie in [%d, %d), got %d..%d", c.cfg.Table, lo, hi, ks[0], ks[len(ks)-1])
+	}
+	if len(ks) > MaxRangeKeys {
+		return Result{}, fmt.Errorf("promote: copy %s: more than MaxRangeKeys (%d) keys; split them", c.cfg.Table, MaxRangeKeys)
+	}
+	var res Result
+	if len(ks) > 0 {
+		var err error
+		if c.bulk != nil {
+			res, err = c.copyRangeBulk(ctx, lo, hi, ks)
+		} else {
+			res, err = c.copyKeys(ctx, ks)
+		}
+		if err != nil {
+			return res, err
+		}
+	}
+	if c.cfg.Marker != nil && lo < hi {
 		if err := c.cfg.Marker.MarkRange(ctx, lo, hi); err != nil {
 			return res, fmt.Errorf("promote: copy %s: mark range [%d, %d): %w", c.cfg.Table, lo, hi, err)
 		}

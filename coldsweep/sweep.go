@@ -194,6 +194,8 @@ func New(cfg *Config) (*Sweeper, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	// The sweep marks each chunk whole once it is done.
+	c.Copier = c.Copier.WithMarker(nil)
 	s := &Sweeper{cfg: c, table: c.Copier.Table(), log: c.Logger.With("table", c.Copier.Table())}
 	s.metrics = newSweepMetrics(c.Registerer, s.table)
 	var tc ThrottleConfig

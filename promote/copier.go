@@ -245,6 +245,15 @@ func (c *Copier) TableID() string { return c.tableID }
 // whether OLD's and NEW's schemas differ.
 func (c *Copier) HasTransform() bool { return c.cfg.Transform != nil }
 
+// WithMarker returns a copier identical to c, sharing its metrics, that
+// records settled keys in m instead (nil: nowhere). A sweep that marks
+// whole chunks itself uses it to skip the copier's marking.
+func (c *Copier) WithMarker(m Marker) *Copier {
+	cp := *c
+	cp.cfg.Marker = m
+	return &cp
+}
+
 // OldBounds returns the smallest and the largest key of OLD's table, read
 // from the two ends of the key's index. ok is false when the table is empty.
 func (c *Copier) OldBounds(ctx context.Context) (lo, hi int64, ok bool, err error) {

@@ -92,6 +92,9 @@ func SetPaused(ctx context.Context, rdb redis.UniversalClient, prefix, table str
 
 // IsPaused reports whether table's sweep is paused.
 func IsPaused(ctx context.Context, rdb redis.UniversalClient, prefix, table string) (bool, error) {
+	if rdb == nil {
+		return false, errors.New("coldsweep: reading the pause flag needs a Redis client")
+	}
 	if prefix == "" {
 		prefix = "lazymigrate"
 	}

@@ -14,7 +14,10 @@ import (
 )
 
 // Span is a half-open key range [Lo, Hi).
-type Span struct{ Lo, Hi int64 }
+type Span struct {
+	Lo int64 `json:"lo"`
+	Hi int64 `json:"hi"`
+}
 
 // Len returns the number of keys in s.
 func (s Span) Len() int64 { return s.Hi - s.Lo }

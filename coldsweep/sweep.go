@@ -3,6 +3,7 @@ package coldsweep
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
@@ -137,6 +139,14 @@ type ChunkError struct {
 func (e ChunkError) Error() string { return fmt.Sprintf("chunk %v: %v", e.Span, e.Err) }
 
 func (e ChunkError) Unwrap() error { return e.Err }
+
+// MarshalJSON writes the error as its message.
+func (e ChunkError) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Span  Span   `json:"span"`
+		Error string `json:"error"`
+	}{e.Span, e.Err.Error()})
+}
 
 // Summary is what a finished (or stopped) sweep did.
 type Summary struct {
@@ -375,7 +385,7 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 	)
 	for attempt := 0; ; attempt++ {
 		res, outcome, err = r.copyChunk(hard, ch)
-		if err == nil || errors.Is(err, promote.ErrRowRejected) || attempt >= r.cfg.Retries || hard.Err() != nil {
+		if err == nil || permanent(err) || attempt >= r.cfg.Retries || hard.Err() != nil {
 			break
 		}
 		pause := min(time.Second<<attempt, 30*time.Second)
@@ -390,6 +400,8 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 	}
 	r.metrics.chunkSeconds.Observe(time.Since(start).Seconds())
 	if err != nil && !errors.Is(err, promote.ErrRowRejected) {
+		// An outage that outlasted the retries, or a permanent error: the
+		// sweep stops.
 		if hard.Err() != nil {
 			return nil // cut short by StopTimeout; the next run redoes it
 		}
@@ -453,6 +465,25 @@ func (r *run) copyChunk(ctx context.Context, ch Span) (promote.Result, string, e
 		return res, "", fmt.Errorf("mark: %w", err)
 	}
 	return res, outcome, nil
+}
+
+// permanent reports whether trying a chunk again cannot help: the rows are
+// refused, the tracker's layout differs, or Postgres refuses the statement
+// itself (SQLSTATE classes 0A, 28, 3D, 3F, 42: feature, authorization,
+// missing database or schema, syntax or access). Anything else, an outage
+// first, may pass.
+func permanent(err error) bool {
+	if errors.Is(err, promote.ErrRowRejected) || errors.Is(err, tracker.ErrLayoutMismatch) || errors.Is(err, tracker.ErrInvalidKey) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "0A", "28", "3D", "3F", "42":
+			return true
+		}
+	}
+	return false
 }
 
 // wait takes n rows from the rate limiter, in bursts it can grant.

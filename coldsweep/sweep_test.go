@@ -485,3 +485,32 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Error("New accepted a config without a copier")
 	}
 }
+
+// An error that retrying cannot fix stops the sweep at once: here a tracker
+// whose segment layout differs from the bitmap already in Redis.
+func TestSweepStopsOnPermanentError(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupSweep(t, 300)
+	if err := b.tracker.MarkRange(ctx, 1, 2); err != nil { // claims the layout
+		t.Fatal(err)
+	}
+	other, err := tracker.New(b.rdb, "accounts", &tracker.Config{Prefix: b.prefix, SegmentBits: 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := b.config(coldsweep.Config{Chunk: 100})
+	cfg.Tracker = other
+	s, err := coldsweep.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = s.Run(ctx)
+	if !errors.Is(err, tracker.ErrLayoutMismatch) {
+		t.Fatalf("err = %v, want ErrLayoutMismatch", err)
+	}
+	if got := testenv.CounterValue(t, b.reg, "lazymigrate_sweep_retries_total", "table", "accounts"); got != 0 {
+		t.Fatalf("retried %v times (in %v), want none", got, time.Since(start))
+	}
+}

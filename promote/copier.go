@@ -90,8 +90,9 @@ type CopierConfig struct {
 	Transform Transform
 	// StripeBits sets the lock granularity: keys k and j share a lock when
 	// k>>StripeBits == j>>StripeBits. It is recorded in NEW the first time,
-	// and a Copier with another value is refused. Defaults to 10 (1024 keys
-	// a lock); at most 40.
+	// and a Copier with another value is refused. Defaults to the width
+	// recorded for the table, or 10 (1024 keys a lock) for a table not seen
+	// before; at most 40.
 	StripeBits uint
 	// NoBulk turns off CopyRange's bulk path. By default, when no Transform
 	// is set, every column has the same built-in type in OLD and NEW, and
@@ -111,13 +112,13 @@ type CopierConfig struct {
 // Result counts what one copy did with the keys it was given.
 type Result struct {
 	// Copied rows were inserted into NEW.
-	Copied int
+	Copied int `json:"copied"`
 	// Present rows were in OLD and already in NEW; NEW's row was kept.
-	Present int
+	Present int `json:"present"`
 	// Tombstoned keys were deleted through lazymigrate; nothing was copied.
-	Tombstoned int
+	Tombstoned int `json:"tombstoned"`
 	// Absent keys are not in OLD.
-	Absent int
+	Absent int `json:"absent"`
 }
 
 // Add returns the sum of r and o.
@@ -168,7 +169,6 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 	}
 	c.OldTable = cmp.Or(c.OldTable, c.Table)
 	c.KeyColumn = cmp.Or(c.KeyColumn, "id")
-	c.StripeBits = cmp.Or(c.StripeBits, 10)
 	if c.StripeBits > 40 {
 		return nil, fmt.Errorf("promote: CopierConfig.StripeBits must be at most 40, got %d", c.StripeBits)
 	}
@@ -194,7 +194,7 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 	if err := schema.Check(ctx, newDB); err != nil {
 		return nil, fmt.Errorf("promote: %w", err)
 	}
-	if err := schema.RegisterStripeBits(ctx, newDB, nt.ID, c.StripeBits); err != nil {
+	if c.StripeBits, err = schema.RegisterStripeBits(ctx, newDB, nt.ID, c.StripeBits); err != nil {
 		return nil, fmt.Errorf("promote: CopierConfig.StripeBits: %w", err)
 	}
 

@@ -121,8 +121,7 @@ func cmdRun(ctx context.Context, c *cli, args []string) (int, error) {
 	}
 	defer func() { _ = rdb.Close() }()
 
-	nt, err := describe(ctx, nw, "NEW", "table", f.table, f.key, true)
-	if err != nil {
+	if _, err := describe(ctx, nw, "NEW", "table", f.table, f.key, true); err != nil {
 		return exitError, err
 	}
 	if _, err := describe(ctx, old, "OLD", f.oldTableFlag, f.oldTable, f.key, false); err != nil {
@@ -131,17 +130,13 @@ func cmdRun(ctx context.Context, c *cli, args []string) (int, error) {
 	if err := checkSchema(ctx, nw); err != nil {
 		return exitError, err
 	}
-	stripe, err := stripeBits(ctx, nw, nt.ID, f.stripeBits)
-	if err != nil {
-		return exitError, err
-	}
 
 	tr, err := newTracker(ctx, rdb, f.table, f.prefix, f.segmentBits, reg)
 	if err != nil {
 		return exitError, err
 	}
 	cp, err := promote.NewCopier(ctx, old, nw, &promote.CopierConfig{
-		Table: f.table, OldTable: f.oldTable, KeyColumn: f.key, StripeBits: stripe,
+		Table: f.table, OldTable: f.oldTable, KeyColumn: f.key, StripeBits: f.stripeBits,
 		Marker: tr, Logger: c.log, Registerer: reg,
 	})
 	if err != nil {

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/lazymigrate/lazymigrate/internal/pgtable"
 	"github.com/lazymigrate/lazymigrate/internal/schema"
 )
@@ -60,26 +58,4 @@ func keyBounds(ctx context.Context, db pgtable.Querier, side string, t *pgtable.
 		return 0, 0, false, fmt.Errorf("%s's %s holds key %d: lazymigrate keys are integers >= 0 (give --from 0)", side, t.ID, *min)
 	}
 	return *min, *max, true, nil
-}
-
-// defaultStripeBits is promote.CopierConfig's default.
-const defaultStripeBits = 10
-
-// stripeBits returns the lock stripe width to copy table (a
-// pgtable.Table.ID) with: the one given, or else the one NEW has recorded
-// for it (so that the sweeper locks the same stripes as the application
-// whatever it chose), or else the copier's default.
-func stripeBits(ctx context.Context, db pgtable.Querier, table string, given uint) (uint, error) {
-	if given != 0 {
-		return given, nil
-	}
-	var bits int
-	err := db.QueryRow(ctx, `SELECT stripe_bits FROM `+schema.Tables+` WHERE table_name = $1`, table).Scan(&bits)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return defaultStripeBits, nil
-	case err != nil:
-		return 0, fmt.Errorf("NEW database: read %s: %w", schema.Tables, err)
-	}
-	return uint(bits), nil
 }

@@ -102,24 +102,34 @@ func Check(ctx context.Context, db Querier) error {
 	return nil
 }
 
+// DefaultStripeBits is the lock stripe width of a table registered without
+// one.
+const DefaultStripeBits = 10
+
 // RegisterStripeBits records the lock stripe width of table (a
-// pgtable.Table.ID) the first time it is seen, and returns an error if it
-// was registered with another width: writers locking different stripes for
-// the same key would not exclude each other.
-func RegisterStripeBits(ctx context.Context, db Querier, table string, bits uint) error {
+// pgtable.Table.ID) the first time it is seen, and returns the width
+// recorded. bits 0 takes the recorded width, or DefaultStripeBits for a
+// table not seen before. Any other bits must match the recorded width:
+// writers locking different stripes for the same key would not exclude
+// each other.
+func RegisterStripeBits(ctx context.Context, db Querier, table string, bits uint) (uint, error) {
 	var got int
+	first := bits
+	if first == 0 {
+		first = DefaultStripeBits
+	}
 	// DO UPDATE, not DO NOTHING: it returns the row that is there even when
 	// another process inserted it concurrently, which a SELECT in the same
 	// statement would not see.
 	err := db.QueryRow(ctx, `
 		INSERT INTO lazymigrate.tables (table_name, stripe_bits) VALUES ($1, $2)
 		ON CONFLICT (table_name) DO UPDATE SET stripe_bits = lazymigrate.tables.stripe_bits
-		RETURNING stripe_bits`, table, int(bits)).Scan(&got)
+		RETURNING stripe_bits`, table, int(first)).Scan(&got)
 	if err != nil {
-		return fmt.Errorf("register %s in lazymigrate.tables: %w", table, err)
+		return 0, fmt.Errorf("register %s in lazymigrate.tables: %w", table, err)
 	}
-	if got != int(bits) {
-		return fmt.Errorf("table %s is registered with StripeBits %d, not %d: every process must lock the same stripes (change it in lazymigrate.tables only when nothing runs)", table, got, bits)
+	if bits != 0 && got != int(bits) {
+		return 0, fmt.Errorf("table %s is registered with StripeBits %d, not %d: every process must lock the same stripes (change it in lazymigrate.tables only when nothing runs)", table, got, bits)
 	}
-	return nil
+	return uint(got), nil
 }

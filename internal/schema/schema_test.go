@@ -26,11 +26,11 @@ func TestRegisterStripeBitsConcurrently(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if err := schema.RegisterStripeBits(ctx, tx, "public.t", 10); err != nil {
+	if _, err := schema.RegisterStripeBits(ctx, tx, "public.t", 12); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- schema.RegisterStripeBits(ctx, db.Pool, "public.t", 10) }() // process B
+	go func() { _, err := schema.RegisterStripeBits(ctx, db.Pool, "public.t", 12); errc <- err }() // process B
 	testenv.Eventually(t, 10*time.Second, "B waits for A's insert", func() bool {
 		var waiting int
 		_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE NOT granted`).Scan(&waiting)
@@ -42,8 +42,15 @@ func TestRegisterStripeBitsConcurrently(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatalf("second registration: %v", err)
 	}
-	if err := schema.RegisterStripeBits(ctx, db.Pool, "public.t", 11); err == nil {
+	if _, err := schema.RegisterStripeBits(ctx, db.Pool, "public.t", 11); err == nil {
 		t.Fatal("registering another StripeBits: want an error")
+	}
+	// 0 takes the recorded width, or the default for a new table.
+	if got, err := schema.RegisterStripeBits(ctx, db.Pool, "public.t", 0); err != nil || got != 12 {
+		t.Fatalf("RegisterStripeBits(0) = %d, %v; want the recorded 12", got, err)
+	}
+	if got, err := schema.RegisterStripeBits(ctx, db.Pool, "public.u", 0); err != nil || got != schema.DefaultStripeBits {
+		t.Fatalf("RegisterStripeBits(0) of a new table = %d, %v; want the default", got, err)
 	}
 }
 

@@ -47,7 +47,7 @@ var (
 
 // binary builds the sweeper once per test run (with -race when the tests
 // have it) and returns its path.
-func binary(t *testing.T) string {
+func binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		binPath = filepath.Join(binDir, "sweeper")

@@ -11,6 +11,10 @@
 # 127.0.0.1:7101-7103 (data in $TMPDIR/lazymigrate-redis-cluster). Progress
 # goes to stderr.
 #
+# It also makes Chromium available (Debian's chromium package) for the
+# status page's browser test, and prints LM_CHROMIUM; LM_SKIP_CHROMIUM=1
+# skips that, for the demo.
+#
 # Inputs (all optional):
 #   LM_PG_URL               a Postgres admin URL to use if it answers
 #   LM_REDIS_ADDR           a Redis host:port or redis:// URL to use if it answers
@@ -506,11 +510,25 @@ ensure_redis_cluster() {
 	REDIS_CLUSTER_ADDRS=$default
 }
 
+# ensure_chromium makes a headless browser available for the status page's
+# rendering test (examples/accounts), and says where it is.
+ensure_chromium() {
+	CHROMIUM=$(command -v chromium || command -v chromium-browser || true)
+	if [[ -z $CHROMIUM ]]; then
+		apt_install chromium
+		CHROMIUM=$(command -v chromium) || die "chromium installed but not on PATH"
+	fi
+}
+
 main() {
-	PG_URL='' REDIS_ADDR='' REDIS_CLUSTER_ADDRS='' CLUSTER_LOCK_FD=''
+	PG_URL='' REDIS_ADDR='' REDIS_CLUSTER_ADDRS='' CLUSTER_LOCK_FD='' CHROMIUM=''
 	ensure_postgres
 	ensure_redis
 	ensure_redis_cluster
+	if [[ ${LM_SKIP_CHROMIUM:-} != 1 ]]; then
+		ensure_chromium
+		printf 'export LM_CHROMIUM=%s\n' "$(shq "$CHROMIUM")"
+	fi
 	printf 'export LM_PG_URL=%s\n' "$(shq "$PG_URL")"
 	printf 'export LM_REDIS_ADDR=%s\n' "$(shq "$REDIS_ADDR")"
 	printf 'export LM_REDIS_CLUSTER_ADDRS=%s\n' "$(shq "$REDIS_CLUSTER_ADDRS")"

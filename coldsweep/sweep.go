@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -116,7 +117,8 @@ type Progress struct {
 	RowsPerSec float64       `json:"rows_per_sec"`
 	KeysPerSec float64       `json:"keys_per_sec"`
 	Elapsed    time.Duration `json:"elapsed_ns"`
-	// ETA is the time left at the current pace of keys; 0 when unknown.
+	// ETA is the time the chunks left should take, at the pace chunks
+	// were copied so far (see estimateETA); 0 when unknown.
 	ETA time.Duration `json:"eta_ns"`
 	// Throttled names why the sweep is held back ("" when it is not).
 	Throttled string    `json:"throttled,omitempty"`
@@ -277,6 +279,10 @@ type run struct {
 	lastKeys int64
 	lastRows int64
 	lastAt   time.Time
+	// copyTime and skipTime add up the time workers spent on chunks they
+	// copied (or tried to) and on chunks already settled, for the ETA.
+	copyTime time.Duration
+	skipTime time.Duration
 }
 
 func (r *run) run(ctx context.Context) (*Summary, error) {
@@ -400,7 +406,8 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 			return nil
 		}
 	}
-	r.metrics.chunkSeconds.Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	r.metrics.chunkSeconds.Observe(took.Seconds())
 	if err != nil && !errors.Is(err, promote.ErrRowRejected) {
 		// An outage that outlasted the retries, or a permanent error: the
 		// sweep stops.
@@ -413,6 +420,11 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.prog.ChunksDone++
+	if outcome == "settled" {
+		r.skipTime += took
+	} else {
+		r.copyTime += took
+	}
 	if err != nil {
 		r.prog.ChunksFailed++
 		if len(r.failed) < 100 {
@@ -530,11 +542,38 @@ func (r *run) snapshotLocked(finished bool) Progress {
 		p.KeysPerSec = float64(p.Keys-lastKeys) / dt
 		p.RowsPerSec = float64(int64(p.Rows.Copied)-lastRows) / dt
 	}
-	if p.KeysPerSec > 0 && p.ChunksDone < p.Chunks {
-		left := float64(p.Chunks-p.ChunksDone) * float64(r.cfg.Chunk)
-		p.ETA = time.Duration(left / p.KeysPerSec * float64(time.Second))
-	}
+	p.ETA = estimateETA(p.Chunks-p.ChunksDone, p.ChunksDone-p.ChunksSkipped, p.Elapsed, r.copyTime, r.skipTime)
 	return p
+}
+
+// estimateETA returns how long the sweep should take over its left chunks,
+// having copied (or tried to copy) copied chunks in elapsed, while its
+// workers spent copyTime on those and skipTime on chunks already settled.
+// It returns 0 while no chunk was copied: nothing tells the pace yet.
+//
+// A settled chunk costs one Redis call, a copied one a round of COPY
+// through both databases, so the time goes to the copies. The pace of keys
+// (KeysPerSec) counts the keys of skipped chunks too, and right after a
+// settled region would promise a small fraction of the real time. Here the
+// time of a chunk is elapsed, less the share of the workers' time spent
+// skipping, over the chunks copied; the time held by the throttle, a pause
+// or the rate limit stays in, as the sweep will likely be held as much
+// again. And every chunk left is taken to need a copy: whole settled
+// chunks come mostly from an earlier run of the sweep, which walked the
+// same chunks in the same order, so they lie behind the sweep, not ahead
+// (a key promoted here and there still leaves its chunk to copy). When
+// settled chunks do lie ahead the ETA errs long, and shrinks as they are
+// skipped; a settled region never makes it err short.
+func estimateETA(left, copied int64, elapsed, copyTime, skipTime time.Duration) time.Duration {
+	if left <= 0 || copied <= 0 || copyTime <= 0 || elapsed <= 0 {
+		return 0
+	}
+	copying := float64(elapsed) * float64(copyTime) / float64(copyTime+skipTime)
+	eta := copying / float64(copied) * float64(left)
+	if eta >= math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return time.Duration(eta)
 }
 
 // report publishes the progress: to Config.Progress, to the metrics and to

@@ -110,8 +110,8 @@ func (f *statusFlags) check() error {
 		return err
 	}
 	switch {
-	case f.cells < 1 || f.cells > 1024:
-		return flagError("cells", f.cells, "must be between 1 and 1024")
+	case f.cells < 1 || f.cells > coldsweep.MaxHeatmapCells:
+		return flagError("cells", f.cells, "must be between 1 and %d", coldsweep.MaxHeatmapCells)
 	case f.stale <= 0:
 		return flagError("stale-after", f.stale, "must be positive")
 	}
@@ -123,18 +123,19 @@ func (f *statusFlags) check() error {
 
 // statusJSON is the status, as --json prints it.
 type statusJSON struct {
-	Table       string       `json:"table"`
-	Range       *keyRange    `json:"range"` // null: no key
-	TotalKeys   int64        `json:"total_keys"`
-	SettledKeys int64        `json:"settled_keys"`
-	Percent     float64      `json:"percent"`
-	Paused      bool         `json:"paused"`
-	KeysPerSec  float64      `json:"keys_per_sec"` // of the running sweeps
-	RowsPerSec  float64      `json:"rows_per_sec"`
-	Shards      []shardJSON  `json:"shards"`
-	Heatmap     heatmapJSON  `json:"heatmap"`
-	now         time.Time    // when it was read
-	progress    []shardState // for the text output
+	Table       string                 `json:"table"`
+	Range       *keyRange              `json:"range"` // null: no key
+	TotalKeys   int64                  `json:"total_keys"`
+	SettledKeys int64                  `json:"settled_keys"`
+	Percent     float64                `json:"percent"`
+	Paused      bool                   `json:"paused"`
+	KeysPerSec  float64                `json:"keys_per_sec"` // of the running sweeps
+	RowsPerSec  float64                `json:"rows_per_sec"`
+	Shards      []shardJSON            `json:"shards"`
+	Heatmap     heatmapJSON            `json:"heatmap"`
+	now         time.Time              // when it was read
+	sweep       coldsweep.SweepSummary // for the text output
+	progress    []shardState
 }
 
 type shardJSON struct {
@@ -152,8 +153,9 @@ type shardJSON struct {
 }
 
 type heatmapJSON struct {
-	// CellKeys is the number of keys per cell (the last cells may hold one
-	// more); Cells the settled fraction of each, from the range's start.
+	// CellKeys is the number of keys per cell (some cells hold one more,
+	// spread over the range); Cells the settled fraction of each, from the
+	// range's start.
 	CellKeys int64     `json:"cell_keys"`
 	Cells    []float64 `json:"cells"`
 	Text     string    `json:"text"`
@@ -161,61 +163,46 @@ type heatmapJSON struct {
 
 type shardState struct {
 	coldsweep.Progress
-	state string
+	state coldsweep.SweepState
 }
 
-// Shard states.
-const (
-	stateRunning = "running"
-	stateHeld    = "held"
-	stateStale   = "stale"
-	stateDone    = "done"
-	stateFailed  = "failed"
-	stateStopped = "stopped"
-)
-
-func shardStateOf(p coldsweep.Progress, now time.Time, stale time.Duration) string {
-	switch {
-	case !p.Finished && now.Sub(p.Updated) > stale:
-		return stateStale
-	case !p.Finished && p.Throttled != "":
-		return stateHeld
-	case !p.Finished:
-		return stateRunning
-	case p.ChunksDone < p.Chunks:
-		return stateStopped
-	case p.ChunksFailed > 0:
-		return stateFailed
+// shardStateName is a shard's state as status prints it: running, held,
+// stale, stopped, failed (finished, but NEW refused rows of some chunks)
+// or done.
+func shardStateName(s shardState) string {
+	switch s.state {
+	case coldsweep.SweepStalled:
+		return "stale"
+	case coldsweep.SweepFinished:
+		if s.ChunksFailed > 0 {
+			return "failed"
+		}
+		return "done"
 	}
-	return stateDone
+	return string(s.state)
 }
 
 func readStatus(ctx context.Context, rdb redis.UniversalClient, tr *tracker.Tracker, f statusFlags, span coldsweep.Span) (*statusJSON, error) {
 	st := &statusJSON{Table: f.table, Range: jsonRange(span), TotalKeys: max(span.Len(), 0), now: time.Now(), Shards: []shardJSON{}}
 	// The heatmap's cells partition the range; their counts add up to the
 	// settled keys.
-	cells := int64(min(int64(f.cells), st.TotalKeys))
-	st.Heatmap.Cells = []float64{}
-	if cells > 0 {
-		st.Heatmap.CellKeys = st.TotalKeys / cells
+	cells, err := coldsweep.Heatmap(ctx, tr, span, f.cells)
+	if err != nil {
+		return nil, err
+	}
+	st.Heatmap.Cells = make([]float64, 0, len(cells))
+	if len(cells) > 0 {
+		st.Heatmap.CellKeys = st.TotalKeys / int64(len(cells))
 	}
 	var text strings.Builder
-	start := func(i int64) int64 { // overflow-free span.Lo + i*total/cells
-		return span.Lo + st.TotalKeys/cells*i + st.TotalKeys%cells*i/cells
-	}
-	for i := range cells {
-		lo, hi := start(i), start(i+1)
-		n, err := tr.CountRange(ctx, lo, hi)
-		if err != nil {
-			return nil, err
-		}
-		st.SettledKeys += n
-		frac := float64(n) / float64(hi-lo)
+	for _, c := range cells {
+		st.SettledKeys += c.Settled
+		frac := c.Fraction()
 		st.Heatmap.Cells = append(st.Heatmap.Cells, frac)
 		switch {
-		case n == 0:
+		case c.Settled == 0:
 			text.WriteString(cellEmpty)
-		case n == hi-lo:
+		case c.Settled == c.Len():
 			text.WriteString(cellFull)
 		default:
 			text.WriteString(cellParts[min(int(frac*float64(len(cellParts))), len(cellParts)-1)])
@@ -227,7 +214,6 @@ func readStatus(ctx context.Context, rdb redis.UniversalClient, tr *tracker.Trac
 		st.Percent = 100 * float64(st.SettledKeys) / float64(st.TotalKeys)
 	}
 
-	var err error
 	if st.Paused, err = coldsweep.IsPaused(ctx, rdb, f.prefix, f.table); err != nil {
 		return nil, err
 	}
@@ -235,15 +221,13 @@ func readStatus(ctx context.Context, rdb redis.UniversalClient, tr *tracker.Trac
 	if err != nil {
 		return nil, err
 	}
+	st.sweep = coldsweep.SummarizeSweep(progress, st.now, f.stale)
+	st.KeysPerSec, st.RowsPerSec = st.sweep.KeysPerSec, st.sweep.RowsPerSec
 	for _, p := range progress {
-		s := shardState{p, shardStateOf(p, st.now, f.stale)}
+		s := shardState{p, p.State(st.now, f.stale)}
 		st.progress = append(st.progress, s)
-		if s.state == stateRunning || s.state == stateHeld {
-			st.KeysPerSec += p.KeysPerSec
-			st.RowsPerSec += p.RowsPerSec
-		}
 		st.Shards = append(st.Shards, shardJSON{
-			Shard: p.Shard, State: s.state, Chunks: p.Chunks, ChunksDone: p.ChunksDone, ChunksFailed: p.ChunksFailed,
+			Shard: p.Shard, State: shardStateName(s), Chunks: p.Chunks, ChunksDone: p.ChunksDone, ChunksFailed: p.ChunksFailed,
 			Percent: 100 * p.Fraction(), KeysPerSec: p.KeysPerSec, RowsPerSec: p.RowsPerSec, ETASeconds: p.ETA.Seconds(),
 			Throttled: p.Throttled, Updated: p.Updated,
 		})
@@ -267,30 +251,24 @@ func writeStatus(c *cli, st *statusJSON) {
 		paused = "yes: sweepers hold until 'sweeper resume'"
 	}
 	row("paused", "%s", paused)
-	running := 0
-	for _, s := range st.progress {
-		if s.state == stateRunning || s.state == stateHeld {
-			running++
-		}
-	}
 	switch {
-	case len(st.progress) == 0:
+	case st.sweep.Shards == 0:
 		row("sweep", "none has reported to this Redis and prefix")
-	case running > 0:
-		row("sweep", "%d of %d shards running: %s keys/s, %s rows/s", running, len(st.progress),
+	case st.sweep.Live > 0:
+		row("sweep", "%d of %d shards running: %s keys/s, %s rows/s", st.sweep.Live, st.sweep.Shards,
 			humanRate(st.KeysPerSec), humanRate(st.RowsPerSec))
 	default:
 		row("sweep", "not running")
 	}
 	for _, s := range st.progress {
-		line := fmt.Sprintf("shard %s: %s, %s/%s chunks (%s)", s.Shard, s.state, human(s.ChunksDone), human(s.Chunks), percent(s.Fraction()))
-		if s.state == stateRunning || s.state == stateHeld {
+		line := fmt.Sprintf("shard %s: %s, %s/%s chunks (%s)", s.Shard, shardStateName(s), human(s.ChunksDone), human(s.Chunks), percent(s.Fraction()))
+		if s.state.Live() {
 			line += fmt.Sprintf(", %s keys/s", humanRate(s.KeysPerSec))
 			if s.ETA > 0 {
 				line += ", ETA " + etaString(s.ETA)
 			}
 		}
-		if s.Throttled != "" && s.state == stateHeld {
+		if s.Throttled != "" && s.state == coldsweep.SweepHeld {
 			line += ", held: " + s.Throttled
 		}
 		if s.ChunksFailed > 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"html/template"
 	"log/slog"
@@ -78,10 +77,12 @@ type PromotionStats struct {
 	WorkerInProcess bool    `json:"worker_in_process"`
 }
 
-// SweepStats sums up the sweep's progress as its shards last saved it.
+// SweepStats sums up the sweep's progress as its shards last saved it
+// (coldsweep.SummarizeSweep).
 type SweepStats struct {
-	// State is "not started", "running", "throttled", "stalled" (no
-	// progress saved for a while) or "finished".
+	// State is "not started", "running", "held" (throttled or paused,
+	// Throttled says why), "stalled" (no progress saved for a while),
+	// "stopped" (interrupted before its end) or "finished".
 	State      string    `json:"state"`
 	Shards     int       `json:"shards"`
 	Chunks     int64     `json:"chunks"`
@@ -94,8 +95,8 @@ type SweepStats struct {
 	Updated    time.Time `json:"updated,omitzero"`
 }
 
-// Heatmap cuts the key range into cells of KeysPerCell keys (the last may
-// be shorter), in key order.
+// Heatmap cuts the key range into cells of KeysPerCell keys, or one more
+// (the extra keys spread over the range), in key order.
 type Heatmap struct {
 	KeysPerCell int64  `json:"keys_per_cell"`
 	Cells       []Cell `json:"cells"`
@@ -113,7 +114,8 @@ type Cell struct {
 type statusConfig struct {
 	// Prefix is the Redis key prefix the sweeper saves its progress under.
 	Prefix string
-	// Cells is the most cells of the heatmap.
+	// Cells is the most cells of the heatmap, itself at most
+	// coldsweep.MaxHeatmapCells.
 	Cells int
 	// TTL is how long a computed status is served again: counting the
 	// bitmap costs Redis a BITCOUNT per cell.
@@ -211,44 +213,15 @@ func (b *statusBoard) table(ctx context.Context) TableStatus {
 	return ts
 }
 
-// heatmap counts the settled keys of each cell of kr, a few cells at a time.
+// heatmap counts the settled keys of each cell of kr.
 func (b *statusBoard) heatmap(ctx context.Context, kr KeyRange) (Heatmap, error) {
-	total := kr.Hi - kr.Lo + 1
-	n := min(int64(b.cfg.Cells), total)
-	size := (total + n - 1) / n
-	n = (total + size - 1) / size
-	h := Heatmap{KeysPerCell: size, Cells: make([]Cell, n)}
-	for i := range h.Cells {
-		lo := kr.Lo + int64(i)*size
-		h.Cells[i] = Cell{Lo: lo, Hi: min(lo+size-1, kr.Hi)}
-	}
-
-	const parallel = 8
-	var (
-		wg   sync.WaitGroup
-		next = make(chan int)
-		errs = make([]error, parallel)
-	)
-	for w := range parallel {
-		wg.Go(func() {
-			for i := range next {
-				c := &h.Cells[i]
-				n, err := b.tracker.CountRange(ctx, c.Lo, c.Hi+1)
-				if err != nil {
-					errs[w] = err
-					continue
-				}
-				c.Settled, c.Fraction = n, float64(n)/float64(c.Hi-c.Lo+1)
-			}
-		})
-	}
-	for i := range h.Cells {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	cells, err := coldsweep.Heatmap(ctx, b.tracker, coldsweep.Span{Lo: kr.Lo, Hi: kr.Hi + 1}, b.cfg.Cells)
+	if err != nil {
 		return Heatmap{}, err
+	}
+	h := Heatmap{KeysPerCell: (kr.Hi - kr.Lo + 1) / int64(len(cells)), Cells: make([]Cell, len(cells))}
+	for i, c := range cells {
+		h.Cells[i] = Cell{Lo: c.Lo, Hi: c.Hi - 1, Settled: c.Settled, Fraction: c.Fraction()}
 	}
 	return h, nil
 }
@@ -272,50 +245,18 @@ func (b *statusBoard) settleRate(settled int64) float64 {
 // as stalled (a sweeper saves it every second).
 const staleSweep = 10 * time.Second
 
-// sweep sums the progress the sweep's shards saved in Redis.
+// sweep sums up the progress the sweep's shards saved in Redis.
 func (b *statusBoard) sweep(ctx context.Context) (SweepStats, error) {
 	ps, err := coldsweep.LoadProgress(ctx, b.rdb, b.cfg.Prefix, table)
 	if err != nil {
 		return SweepStats{}, err
 	}
-	s := SweepStats{State: "not started", Shards: len(ps)}
-	if len(ps) == 0 {
-		return s, nil
-	}
-	finished, live := true, false
-	for _, p := range ps {
-		s.Chunks += p.Chunks
-		s.ChunksDone += p.ChunksDone
-		if p.Updated.After(s.Updated) {
-			s.Updated = p.Updated
-		}
-		if !p.Finished {
-			finished = false
-			if time.Since(p.Updated) < staleSweep {
-				live = true
-				s.KeysPerSec += p.KeysPerSec
-				s.RowsPerSec += p.RowsPerSec
-				s.ETASeconds = max(s.ETASeconds, p.ETA.Seconds())
-				if p.Throttled != "" {
-					s.Throttled = p.Throttled
-				}
-			}
-		}
-	}
-	if s.Chunks > 0 {
-		s.Percent = 100 * float64(s.ChunksDone) / float64(s.Chunks)
-	}
-	switch {
-	case finished:
-		s.State = "finished"
-	case live && s.Throttled != "":
-		s.State = "throttled"
-	case live:
-		s.State = "running"
-	default:
-		s.State = "stalled"
-	}
-	return s, nil
+	s := coldsweep.SummarizeSweep(ps, time.Now(), staleSweep)
+	return SweepStats{
+		State: string(s.State), Shards: s.Shards, Chunks: s.Chunks, ChunksDone: s.ChunksDone,
+		Percent: 100 * s.Fraction(), KeysPerSec: s.KeysPerSec, RowsPerSec: s.RowsPerSec,
+		ETASeconds: s.ETA.Seconds(), Throttled: s.Throttled, Updated: s.Updated,
+	}, nil
 }
 
 func (b *statusBoard) serveJSON(w http.ResponseWriter, r *http.Request) {

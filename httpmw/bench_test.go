@@ -141,7 +141,11 @@ func BenchmarkHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(enq.Stop)
-	mw, err := httpmw.New(p.Old.Pool, p.New.Pool, &httpmw.Config{Key: httpmw.PathKey("id"), Tracker: tr, Scheduler: enq})
+	tombs, err := httpmw.NewTombstones(ctx, p.New.Pool, "accounts")
+	if err != nil {
+		b.Fatal(err)
+	}
+	mw, err := httpmw.New(p.Old.Pool, p.New.Pool, &httpmw.Config{Key: httpmw.PathKey("id"), Tracker: tr, Tombstones: tombs, Scheduler: enq})
 	if err != nil {
 		b.Fatal(err)
 	}

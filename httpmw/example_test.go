@@ -69,10 +69,15 @@ func Example() {
 		}
 	}
 
+	tombstones, err := httpmw.NewTombstones(ctx, db.New, "accounts") // deleted keys stay deleted
+	if err != nil {
+		log.Fatal(err)
+	}
 	mw, err := httpmw.New(db.Old, db.New, &httpmw.Config{
-		Key:       httpmw.PathKey("id"),
-		Tracker:   tr,
-		Scheduler: scheduled,
+		Key:        httpmw.PathKey("id"),
+		Tracker:    tr,
+		Tombstones: tombstones,
+		Scheduler:  scheduled,
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -110,6 +115,7 @@ func ExampleMiddleware_Route() {
 	newDB := catalog{1: "lamp"}
 
 	mw, err := httpmw.New(oldDB, newDB, &httpmw.Config{
+		NoTombstones: true, // a catalog whose items are never deleted
 		Key: func(r *http.Request) (int64, error) {
 			var id int64
 			if _, err := fmt.Sscan(r.URL.Query().Get("id"), &id); err != nil {

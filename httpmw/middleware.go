@@ -66,10 +66,15 @@ type Config struct {
 	// Tombstones says whether a key NEW answered 404 for was deleted through
 	// lazymigrate, in which case the 404 stands whatever OLD holds and
 	// whatever Redis has lost: see NewTombstones. When it fails, the
-	// request is answered 503. Defaults to none: the tracker alone guards
-	// deleted keys, and mirroring, which deletes them from OLD too.
+	// request is answered 503. Required, unless NoTombstones is set.
 	Tombstones TombstoneChecker
-	// Scheduler receives the keys OLD served (2xx), for promotion. Usually
+	// NoTombstones runs without Tombstones: the tracker alone then guards
+	// deleted keys, and a key deleted through lazymigrate can be served
+	// from OLD again while its delete has not reached OLD (mirroring off or
+	// behind) and Redis has lost its bit. For handlers over data that is
+	// never deleted.
+	NoTombstones bool
+	// Scheduler receives the keys OLD served (2xx, or 304), for promotion. Usually
 	// the table's *promote.Enqueuer. Defaults to none: nothing is promoted
 	// by reads.
 	Scheduler Scheduler
@@ -127,6 +132,9 @@ func New[D any](oldDB, newDB D, cfg *Config) (*Middleware, error) {
 	}
 	if c.Key == nil {
 		return nil, errors.New("httpmw: Config.Key is required")
+	}
+	if c.Tombstones == nil && !c.NoTombstones {
+		return nil, errors.New("httpmw: Config.Tombstones is required (see NewTombstones): without it a deleted key can be served from OLD again; set NoTombstones to run without")
 	}
 	c.MaxBuffer = cmp.Or(c.MaxBuffer, 64<<10)
 	c.TrackerTimeout = cmp.Or(c.TrackerTimeout, 50*time.Millisecond)
@@ -277,6 +285,13 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	// NEW answered 404.
 	v, err := m.checkMiss(r.Context(), key)
 	switch {
+	case err != nil && r.Context().Err() != nil:
+		// The client went away while NEW was asked: not an outage.
+		restore(w.Header(), before)
+		m.cfg.OnError(w, r, http.StatusServiceUnavailable, fmt.Errorf("httpmw: key %d: %w", key, r.Context().Err()))
+		rm.fallbacks.WithLabelValues(fallbackCanceled).Inc()
+		res.source, res.outcome = sourceNone, outcomeCanceled
+		return
 	case err != nil:
 		restore(w.Header(), before)
 		m.cfg.OnError(w, r, http.StatusServiceUnavailable, fmt.Errorf("httpmw: key %d: %w", key, err))
@@ -310,7 +325,8 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 			fmt.Errorf("%w: key %d: OLD answered %d", ErrOldUnavailable, key, ow.status))
 		rm.fallbacks.WithLabelValues(fallbackUnavailable).Inc()
 		res.outcome = outcomeUnavailable
-	case ow.status >= 200 && ow.status < 300:
+	case ow.status >= 200 && ow.status < 300, ow.status == http.StatusNotModified:
+		// OLD has the record: a 304 to a conditional GET says so as well.
 		if m.cfg.Scheduler != nil {
 			m.cfg.Scheduler.Schedule(key)
 		}

@@ -175,6 +175,8 @@ func setup(t *testing.T, o setupOpts) *bundle {
 		if cfg.Tombstones, err = httpmw.NewTombstones(ctx, p.New.Pool, "accounts"); err != nil {
 			t.Fatal(err)
 		}
+	} else {
+		cfg.NoTombstones = true
 	}
 	if o.config != nil {
 		o.config(&cfg)
@@ -443,8 +445,9 @@ func TestKeyFuncError(t *testing.T) {
 	h := http.HandlerFunc(func(http.ResponseWriter, *http.Request) { ran.Store(true) })
 	var logged syncBuffer
 	mw, err := httpmw.New(store{}, store{}, &httpmw.Config{
-		Key:    httpmw.PathKey("accountID"),
-		Logger: slog.New(slog.NewTextHandler(&logged, nil)),
+		Key:          httpmw.PathKey("accountID"),
+		NoTombstones: true,
+		Logger:       slog.New(slog.NewTextHandler(&logged, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -460,7 +463,7 @@ func TestKeyFuncError(t *testing.T) {
 		t.Fatalf("log %q does not name the missing wildcard", logged.String())
 	}
 
-	mw, err = httpmw.New(store{}, store{}, &httpmw.Config{Key: func(*http.Request) (int64, error) { return -1, nil }})
+	mw, err = httpmw.New(store{}, store{}, &httpmw.Config{Key: func(*http.Request) (int64, error) { return -1, nil }, NoTombstones: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -763,7 +766,7 @@ func TestFallbackPromotesEndToEnd(t *testing.T) {
 		srv.Shutdown()
 		_ = asynq.NewInspectorFromRedisClient(b.rdb).DeleteQueue(queue, true)
 	})
-	mw, err := httpmw.New(b.pair.Old.Pool, b.pair.New.Pool, &httpmw.Config{Key: httpmw.PathKey("id"), Tracker: b.tracker, Scheduler: enq})
+	mw, err := httpmw.New(b.pair.Old.Pool, b.pair.New.Pool, &httpmw.Config{Key: httpmw.PathKey("id"), Tracker: b.tracker, Scheduler: enq, NoTombstones: true})
 	if err != nil {
 		t.Fatal(err)
 	}

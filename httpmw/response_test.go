@@ -49,6 +49,7 @@ func (s storeSetup) serve(t *testing.T, h http.HandlerFunc) (http.Handler, *prom
 	reg := prometheus.NewRegistry()
 	cfg := s.cfg
 	cfg.Key = httpmw.PathKey("id")
+	cfg.NoTombstones = cfg.Tombstones == nil
 	cfg.Registerer = reg
 	if s.old == nil {
 		s.old = store{}
@@ -428,6 +429,7 @@ func TestRouteName(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
 	mw, err := httpmw.New(store{}, store{3: "three"}, &httpmw.Config{
+		NoTombstones: true,
 		Key: func(r *http.Request) (int64, error) {
 			k, err := strconv.ParseInt(r.URL.Query().Get("id"), 10, 64)
 			if err != nil {
@@ -494,8 +496,9 @@ func TestNewValidates(t *testing.T) {
 		{"nil database", nil, store{}, &httpmw.Config{Key: key}, "both databases"},
 		{"no config", store{}, store{}, nil, "Config.Key"},
 		{"no key", store{}, store{}, &httpmw.Config{}, "Config.Key"},
-		{"negative buffer", store{}, store{}, &httpmw.Config{Key: key, MaxBuffer: -1}, "Config.MaxBuffer"},
-		{"negative timeout", store{}, store{}, &httpmw.Config{Key: key, TrackerTimeout: -1}, "Config.TrackerTimeout"},
+		{"no tombstones", store{}, store{}, &httpmw.Config{Key: key}, "Config.Tombstones is required"},
+		{"negative buffer", store{}, store{}, &httpmw.Config{Key: key, NoTombstones: true, MaxBuffer: -1}, "Config.MaxBuffer"},
+		{"negative timeout", store{}, store{}, &httpmw.Config{Key: key, NoTombstones: true, TrackerTimeout: -1}, "Config.TrackerTimeout"},
 	} {
 		if _, err := httpmw.New(c.old, c.new, c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want one naming %s", c.name, err, c.want)

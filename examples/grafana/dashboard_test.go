@@ -289,7 +289,7 @@ func libraryMetrics(t *testing.T) families {
 	})
 	must(err)
 	repo.Close()
-	_, err = httpmw.New(p.Old.Pool, p.New.Pool, &httpmw.Config{Key: httpmw.PathKey("id"), Registerer: reg})
+	_, err = httpmw.New(p.Old.Pool, p.New.Pool, &httpmw.Config{Key: httpmw.PathKey("id"), NoTombstones: true, Registerer: reg})
 	must(err)
 	_, err = coldsweep.New(&coldsweep.Config{Copier: copier, Tracker: tr, Redis: rdb, Prefix: prefix, Registerer: reg})
 	must(err)

@@ -1,14 +1,14 @@
 package promote
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -29,28 +29,31 @@ type acquirer interface {
 // and its binary format are the same on every server.
 const firstUserOID = 16384
 
-// bulkRange copies ranges with binary COPY straight from OLD into NEW. It
-// is used when nothing has to be rewritten on the way: no transform, and
-// every column has the same built-in type, modifier included, on both
-// sides, so that the binary form means the same to both servers.
+// bulkRange copies ranges with binary COPY from OLD into NEW. It is used
+// when nothing has to be rewritten on the way: no transform, and every
+// column has the same built-in type, modifier included, on both sides, so
+// that the binary form means the same to both servers.
 //
-// A range goes in one NEW transaction: lock the range's stripes, list the
-// keys NEW already has or has tombstoned in it, and COPY from OLD every
-// other row of the range. The stripe locks keep that list true until the
-// commit, because every path that adds a key to NEW or tombstones one
-// (copies, lazy's writes and deletes) takes them first. A writer that goes
-// around lazymigrate can still add a key: the COPY then fails with a
-// unique violation and the range is listed and copied again.
+// A range is copied as the row path copies keys: first read from OLD (COPY
+// TO, into memory), then, in one NEW transaction, lock the range's stripes,
+// list the keys NEW has or has tombstoned in it, and COPY FROM the rows OLD
+// had for every other key. OLD is never read while NEW's locks are held, so
+// a stalled OLD cannot hold up NEW's writers, and one connection is held at
+// a time, so OLD and NEW may share a pool. The stripe locks keep the list
+// of tombstones true until the commit (deletes take them); a key a writer
+// adds without them (lazy's Put, or SQL around lazymigrate) makes the COPY
+// fail with a unique violation, and the range is listed and written again,
+// from the rows already read, and in the end on the row path, whose insert
+// skips conflicts.
 type bulkRange struct {
 	old, new  acquirer
 	tableID   string
 	oldSelect string // SELECT <cols> FROM old WHERE key >= %d AND key < %d
 	oldKey    string // OLD's key column, quoted
+	keyField  int    // the key's position among the columns read
 	copyIn    string
 	listSQL   string // keys of a range NEW has or has tombstoned
 	listKeys  string // the same among given keys
-	countSQL  string // %s: OLD's rows and tombstoned rows of a range
-	countKeys string // %s, %s: the same among given keys
 }
 
 // newBulkRange returns nil when the copier cannot use COPY.
@@ -75,8 +78,9 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 		old: oldA, new: newA, tableID: nt.ID,
 		oldSelect: fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= %%d AND %s < %%d`,
 			pgtable.Idents(c.oldCols), ot.Ident, key, key),
-		oldKey: key,
-		copyIn: fmt.Sprintf(`COPY %s (%s) FROM STDIN (FORMAT binary)`, nt.Ident, pgtable.Idents(c.cols)),
+		oldKey:   key,
+		keyField: c.oldKey,
+		copyIn:   fmt.Sprintf(`COPY %s (%s) FROM STDIN (FORMAT binary)`, nt.Ident, pgtable.Idents(c.cols)),
 		// Index-only in NEW: the keys a copy must leave alone.
 		listSQL: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint
 UNION ALL
@@ -84,20 +88,22 @@ SELECT key, true FROM %[3]s WHERE table_name = $3 AND key >= $1::bigint AND key 
 		listKeys: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s = ANY($1::bigint[])
 UNION ALL
 SELECT key, true FROM %[3]s WHERE table_name = $2 AND key = ANY($1::bigint[])`, newKey, nt.Ident, schema.Tombstones),
-		// Key lists are spliced in as array literals, which Postgres hashes
-		// (a parameter it would scan once per row).
-		countSQL: fmt.Sprintf(`SELECT count(*)::int, count(*) FILTER (WHERE %[1]s = ANY('%%s'::bigint[]))::int
-FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint`, key, ot.Ident),
-		countKeys: fmt.Sprintf(`SELECT count(*)::int, count(*) FILTER (WHERE %[1]s = ANY('%%s'::bigint[]))::int
-FROM %[2]s WHERE %[1]s = ANY('%%s'::bigint[])`, key, ot.Ident),
 	}
 }
 
 // copyRangeBulk copies [lo, hi), or only the sorted keys ks of it when ks is
 // not nil, and returns the counts, Absent included.
-func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (res Result, err error) {
+func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (total Result, err error) {
+	var res Result // what the metrics still have to count
 	start := time.Now()
-	defer func() { c.duration.Observe(time.Since(start).Seconds()) }()
+	defer func() {
+		c.duration.Observe(time.Since(start).Seconds())
+		// Parts that committed count even when a later one failed.
+		c.rows.WithLabelValues("copied").Add(float64(res.Copied))
+		c.rows.WithLabelValues("present").Add(float64(res.Present))
+		c.rows.WithLabelValues("tombstoned").Add(float64(res.Tombstoned))
+		c.rows.WithLabelValues("absent").Add(float64(res.Absent))
+	}()
 
 	// Ranges wider than MaxLocksPerTx stripes go as several transactions.
 	step := int64(MaxLocksPerTx) << c.cfg.StripeBits
@@ -112,28 +118,76 @@ func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (r
 			part, ks = ks[:n], ks[n:]
 		}
 		if ks == nil || len(part) > 0 {
-			r, err := c.bulkOnce(ctx, from, to, part)
-			for attempt := 1; isUniqueViolation(err) && attempt < 3; attempt++ {
-				// A writer went around the stripe locks; list again.
-				r, err = c.bulkOnce(ctx, from, to, part)
+			r, counted, err := c.bulkOnce(ctx, from, to, part)
+			if counted {
+				// The row path counted its own rows in the metrics.
+				c.rows.WithLabelValues("absent").Add(float64(r.Absent))
+			} else {
+				res = res.Add(r)
 			}
-			res = res.Add(r)
+			total = total.Add(r)
 			if err != nil {
-				return res, err
+				return total, err
 			}
 		}
 		from = to
 	}
-	c.rows.WithLabelValues("copied").Add(float64(res.Copied))
-	c.rows.WithLabelValues("present").Add(float64(res.Present))
-	c.rows.WithLabelValues("tombstoned").Add(float64(res.Tombstoned))
-	c.rows.WithLabelValues("absent").Add(float64(res.Absent))
-	return res, nil
+	return total, nil
 }
 
 // bulkOnce copies [lo, hi), which spans at most MaxLocksPerTx stripes, or
-// only the keys ks of it when ks is not empty, in one NEW transaction.
-func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res Result, err error) {
+// only the keys ks of it when ks is not empty. counted says that the copy
+// went down the row path, which counts its rows in the metrics itself.
+func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (_ Result, counted bool, _ error) {
+	sel := fmt.Sprintf(c.bulk.oldSelect, lo, hi)
+	domain := int(hi - lo)
+	if len(ks) > 0 {
+		// COPY takes no parameters; a constant array is also one Postgres
+		// hashes.
+		sel = fmt.Sprintf(`%s AND %s = ANY('%s'::bigint[])`, sel, c.bulk.oldKey, int64Array(ks))
+		domain = len(ks)
+	}
+	rows, err := c.readOldBinary(ctx, "COPY ("+sel+") TO STDOUT (FORMAT binary)")
+	if err != nil {
+		return Result{}, false, err
+	}
+	if h := c.cfg.Hooks.AfterRead; h != nil {
+		h(ctx, rows.keys())
+	}
+	for attempt := 1; ; attempt++ {
+		res, err := c.writeNewBinary(ctx, lo, hi, ks, rows)
+		if err == nil {
+			res.Absent = max(0, domain-len(rows.tuples)-(res.Tombstoned-res.tombstonedInOld))
+			if h := c.cfg.Hooks.AfterCommit; h != nil {
+				if err := h(ctx, nil); err != nil {
+					return res.Result, false, fmt.Errorf("promote: copy %s: after commit: %w", c.cfg.Table, err)
+				}
+			}
+			return res.Result, false, nil
+		}
+		if !isUniqueViolation(err) {
+			return Result{}, false, err
+		}
+		if attempt == 3 {
+			// Writers keep adding keys of this range around the locks:
+			// the row path's insert skips what they add.
+			r, _, err := c.copy(ctx, c.selectSQL, []any{rows.keys()}, c.tombSQL, []any{c.tableID, rows.keys()})
+			r.Absent = max(0, domain-len(rows.tuples))
+			return r, true, err
+		}
+	}
+}
+
+// bulkResult is a Result and how many of the tombstoned keys OLD holds.
+type bulkResult struct {
+	Result
+	tombstonedInOld int
+}
+
+// writeNewBinary writes rows read from OLD for [lo, hi) (or for its keys ks)
+// into NEW in one transaction: it locks the stripes, lists the keys NEW has
+// or has tombstoned, and copies the other rows.
+func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, rows *binaryRows) (res bulkResult, err error) {
 	b := c.bulk
 	conn, err := b.new.Acquire(ctx)
 	if err != nil {
@@ -165,21 +219,20 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res Re
 	} else {
 		batch.Queue(b.listKeys, ks, b.tableID)
 	}
+	skip := map[int64]bool{} // key -> tombstoned
 	br := conn.SendBatch(ctx, batch)
-	present, tombs := []int64{}, []int64{}
 	if _, err = br.Exec(); err == nil {
 		_, err = br.Exec()
 	}
 	if err == nil {
-		var rows pgx.Rows
-		if rows, err = br.Query(); err == nil {
+		var list pgx.Rows
+		if list, err = br.Query(); err == nil {
 			var k int64
 			var tomb bool
-			_, err = pgx.ForEachRow(rows, []any{&k, &tomb}, func() error {
+			_, err = pgx.ForEachRow(list, []any{&k, &tomb}, func() error {
+				skip[k] = skip[k] || tomb
 				if tomb {
-					tombs = append(tombs, k)
-				} else {
-					present = append(present, k)
+					res.Tombstoned++
 				}
 				return nil
 			})
@@ -195,105 +248,55 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res Re
 		h(ctx, lo, hi)
 	}
 
-	var inOld, tombsInOld int
-	skip := append(present, tombs...) // a tombstoned key is never in NEW
-	sel, domain := fmt.Sprintf(b.oldSelect, lo, hi), int(hi-lo)
-	count := func() error {
-		// Only for the counts: how many rows OLD holds, and how many of
-		// them are tombstoned. Read in a snapshot of their own, they are
-		// exact unless OLD changes meanwhile.
-		var row pgx.Row
-		if len(ks) == 0 {
-			row = c.old.QueryRow(ctx, fmt.Sprintf(b.countSQL, int64Array(tombs)), lo, hi)
-		} else {
-			row = c.old.QueryRow(ctx, fmt.Sprintf(b.countKeys, int64Array(tombs), int64Array(ks)))
-		}
-		if err := row.Scan(&inOld, &tombsInOld); err != nil {
-			return oldError(c.cfg.Table, err)
-		}
-		return nil
-	}
-	switch {
-	case len(ks) > 0:
-		domain = len(ks)
-		want := ks
-		if len(skip) > 0 {
-			slices.Sort(skip)
-			want = slices.DeleteFunc(slices.Clone(ks), func(k int64) bool { _, found := slices.BinarySearch(skip, k); return found })
-			if err := count(); err != nil {
-				return Result{}, err
+	data := rows.data
+	if len(skip) > 0 {
+		data = rows.without(func(k int64) bool {
+			tomb, found := skip[k]
+			switch {
+			case !found:
+				return false
+			case tomb:
+				res.tombstonedInOld++
+			default:
+				res.Present++
 			}
-		}
-		sel = fmt.Sprintf(`%s AND %s = ANY('%s'::bigint[])`, sel, b.oldKey, int64Array(want))
-	case len(skip) > 0:
-		sel += fmt.Sprintf(` AND NOT %s = ANY('%s'::bigint[])`, b.oldKey, int64Array(skip))
-		if err := count(); err != nil {
-			return Result{}, err
-		}
+			return true
+		})
 	}
-	n, err := c.pipe(ctx, conn, "COPY ("+sel+") TO STDOUT (FORMAT binary)")
-	if err != nil {
-		return res, err
+	if len(rows.tuples)-res.Present-res.tombstonedInOld > 0 {
+		tag, err := conn.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(data), b.copyIn)
+		if err != nil {
+			return res, newError(c.cfg.Table, err)
+		}
+		res.Copied = int(tag.RowsAffected())
 	}
 	if _, err := conn.Exec(ctx, `COMMIT`); err != nil {
 		return res, newError(c.cfg.Table, err)
 	}
 	committed = true
-	res.Copied = int(n)
-	if len(skip) == 0 {
-		inOld = res.Copied
-	}
-	// As on the row path: Present counts OLD's rows NEW already had,
-	// Tombstoned every tombstone of the range, and Absent the keys neither
-	// in OLD nor tombstoned.
-	res.Present = max(0, inOld-res.Copied-tombsInOld)
-	res.Tombstoned = len(tombs)
-	res.Absent = max(0, domain-inOld-(len(tombs)-tombsInOld))
-	if h := c.cfg.Hooks.AfterCommit; h != nil {
-		if err := h(ctx, nil); err != nil {
-			return res, fmt.Errorf("promote: copy %s: after commit: %w", c.cfg.Table, err)
-		}
-	}
 	return res, nil
 }
 
-// pipe streams copyOut's rows from OLD into NEW over conn, which holds the
-// NEW transaction, and returns the number of rows NEW took.
-func (c *Copier) pipe(ctx context.Context, conn *pgxpool.Conn, copyOut string) (int64, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	old, err := c.bulk.old.Acquire(ctx)
+// readOldBinary runs copyOut, a COPY … TO STDOUT (FORMAT binary), on OLD
+// and returns its rows.
+func (c *Copier) readOldBinary(ctx context.Context, copyOut string) (*binaryRows, error) {
+	conn, err := c.bulk.old.Acquire(ctx)
 	if err != nil {
-		return 0, oldError(c.cfg.Table, err)
+		return nil, oldError(c.cfg.Table, err)
 	}
-	defer old.Release()
-
-	// Whichever side fails first is the one to blame: the other then fails
-	// only because the pipe between them broke.
-	var newFailed atomic.Bool
-	pr, pw := io.Pipe()
-	oldFailed := make(chan error, 1)
-	go func() {
-		_, err := old.Conn().PgConn().CopyTo(ctx, pw, copyOut)
-		if err != nil && !newFailed.Load() {
-			oldFailed <- err
-		}
-		close(oldFailed)
-		pw.CloseWithError(err) // nil: EOF, the end of the rows
-	}()
-	tag, newErr := conn.Conn().PgConn().CopyFrom(ctx, pr, c.bulk.copyIn)
-	if newErr != nil {
-		newFailed.Store(true)
-		pr.CloseWithError(newErr) // OLD's next write into the pipe fails
-		cancel()
+	defer conn.Release()
+	var buf bytes.Buffer
+	if _, err := conn.Conn().PgConn().CopyTo(ctx, &buf, copyOut); err != nil {
+		return nil, oldError(c.cfg.Table, err)
 	}
-	if oldErr, ok := <-oldFailed; ok {
-		return 0, oldError(c.cfg.Table, oldErr)
+	rows, err := parseBinaryCopy(buf.Bytes(), c.bulk.keyField)
+	if err != nil {
+		return nil, fmt.Errorf("promote: copy %s: reading OLD's COPY output: %w", c.cfg.Table, err)
 	}
-	if newErr != nil {
-		return 0, newError(c.cfg.Table, newErr)
+	if err := rows.checkUnique(); err != nil {
+		return nil, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
 	}
-	return tag.RowsAffected(), nil
+	return rows, nil
 }
 
 func isUniqueViolation(err error) bool {
@@ -315,4 +318,114 @@ func int64Array(ks []int64) string {
 	}
 	sb.WriteByte('}')
 	return sb.String()
+}
+
+// binaryRows is the output of a COPY … TO STDOUT (FORMAT binary): the
+// header, one tuple per row and the trailer, with where each tuple lies
+// and its key.
+type binaryRows struct {
+	data      []byte
+	headerEnd int
+	tuples    []binaryTuple
+}
+
+type binaryTuple struct {
+	key        int64
+	start, end int
+}
+
+// binaryCopySignature starts every binary COPY stream.
+const binaryCopySignature = "PGCOPY\n\xff\r\n\x00"
+
+// parseBinaryCopy finds the tuples of data and the value of field keyField,
+// an integer, in each.
+func parseBinaryCopy(data []byte, keyField int) (*binaryRows, error) {
+	truncated := errors.New("truncated COPY data")
+	if len(data) < 19 || string(data[:11]) != binaryCopySignature {
+		return nil, errors.New("not binary COPY data")
+	}
+	pos := 19 + int(binary.BigEndian.Uint32(data[15:19])) // past the header extension
+	rows := &binaryRows{data: data, headerEnd: pos}
+	for {
+		if pos+2 > len(data) {
+			return nil, truncated
+		}
+		n := int(int16(binary.BigEndian.Uint16(data[pos:])))
+		if n == -1 {
+			return rows, nil
+		}
+		t := binaryTuple{start: pos}
+		pos += 2
+		found := false
+		for f := range n {
+			if pos+4 > len(data) {
+				return nil, truncated
+			}
+			size := int(int32(binary.BigEndian.Uint32(data[pos:])))
+			pos += 4
+			if size < 0 {
+				if f == keyField {
+					return nil, errors.New("a row has a NULL key")
+				}
+				continue
+			}
+			if pos+size > len(data) {
+				return nil, truncated
+			}
+			if f == keyField {
+				v := data[pos : pos+size]
+				switch size {
+				case 2:
+					t.key = int64(int16(binary.BigEndian.Uint16(v)))
+				case 4:
+					t.key = int64(int32(binary.BigEndian.Uint32(v)))
+				case 8:
+					t.key = int64(binary.BigEndian.Uint64(v))
+				default:
+					return nil, fmt.Errorf("a key of %d bytes", size)
+				}
+				found = true
+			}
+			pos += size
+		}
+		if !found {
+			return nil, fmt.Errorf("a row of %d fields has no field %d", n, keyField)
+		}
+		t.end = pos
+		rows.tuples = append(rows.tuples, t)
+	}
+}
+
+// keys returns the rows' keys, in OLD's order.
+func (r *binaryRows) keys() []int64 {
+	ks := make([]int64, len(r.tuples))
+	for i, t := range r.tuples {
+		ks[i] = t.key
+	}
+	return ks
+}
+
+// checkUnique refuses a key OLD returned twice, as the row path does:
+// which of the two would reach NEW would be chance.
+func (r *binaryRows) checkUnique() error {
+	seen := make(map[int64]struct{}, len(r.tuples))
+	for _, t := range r.tuples {
+		if _, dup := seen[t.key]; dup {
+			return fmt.Errorf("OLD holds key %d more than once; the key column must be unique", t.key)
+		}
+		seen[t.key] = struct{}{}
+	}
+	return nil
+}
+
+// without returns the COPY data less the rows whose key drop reports.
+func (r *binaryRows) without(drop func(key int64) bool) []byte {
+	out := make([]byte, 0, len(r.data))
+	out = append(out, r.data[:r.headerEnd]...)
+	for _, t := range r.tuples {
+		if !drop(t.key) {
+			out = append(out, r.data[t.start:t.end]...)
+		}
+	}
+	return append(out, 0xff, 0xff) // the trailer: a field count of -1
 }

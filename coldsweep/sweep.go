@@ -81,16 +81,20 @@ type Config struct {
 	Throttle *ThrottleConfig
 	// Retries is how many times a chunk whose database was unavailable is
 	// tried again, with a growing pause, before the sweep gives up.
-	// Defaults to 8 (about 4 minutes in all).
+	// Defaults to 8: pauses of 1, 2, 4, 8, 16, 30, 30 and 30 seconds,
+	// about 2 minutes in all.
 	Retries int
 	// StopTimeout bounds how long chunks in flight may take to finish once
-	// Run's context has ended. Defaults to 1 minute.
+	// the sweep is stopping: Run's context has ended, or a chunk failed in
+	// a way that stops the sweep. Chunks still running then are cancelled
+	// and left unsettled. Defaults to 1 minute.
 	StopTimeout time.Duration
 	// ProgressInterval is how often Progress is called and the progress
 	// written to Redis. Defaults to 1 second.
 	ProgressInterval time.Duration
 	// Progress, when set, receives the progress every ProgressInterval and
-	// once at the end. It is called from a single goroutine.
+	// once at the end. Calls never overlap, and the final one (Finished)
+	// is the last.
 	Progress func(Progress)
 
 	Logger     *slog.Logger
@@ -236,6 +240,11 @@ func (s *Sweeper) Resume(ctx context.Context) error {
 // returns ErrInterrupted: the tracker holds everything done, so running
 // again continues from there. Chunks NEW refused rows of are reported in
 // the summary and make Run return ErrChunksFailed after the rest is done.
+//
+// Without Config.Range, Run sweeps OLD's keys, and fails before sweeping
+// anything when OLD holds a negative key (an error wrapping
+// tracker.ErrInvalidKey) or the key math.MaxInt64, which no half-open
+// range can hold.
 func (s *Sweeper) Run(ctx context.Context) (*Summary, error) {
 	span := s.cfg.Range
 	if span == (Span{}) {
@@ -243,10 +252,10 @@ func (s *Sweeper) Run(ctx context.Context) (*Summary, error) {
 		if err != nil {
 			return nil, fmt.Errorf("coldsweep: key range of %s: %w", s.table, err)
 		}
-		if !ok {
-			span = Span{}
-		} else {
-			span = Span{lo, hi + 1}
+		if ok {
+			if span, err = inclusiveSpan(lo, hi); err != nil {
+				return nil, fmt.Errorf("coldsweep: key range of %s: %w", s.table, err)
+			}
 		}
 	}
 	r := &run{
@@ -287,22 +296,23 @@ type run struct {
 
 func (r *run) run(ctx context.Context) (*Summary, error) {
 	// Workers finish their chunk after ctx ends: work is what stops them
-	// taking the next one; hard is what cancels a chunk that overran
-	// StopTimeout, or every chunk after a fatal error.
+	// taking the next one, when ctx ends or a chunk fails for good; hard is
+	// what cancels the chunks still running StopTimeout after that.
 	hard, cancelHard := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHard()
 	work, stopWork := context.WithCancel(ctx)
 	defer stopWork()
 	go func() {
 		select {
-		case <-ctx.Done():
-			t := time.NewTimer(r.cfg.StopTimeout)
-			defer t.Stop()
-			select {
-			case <-t.C:
-				cancelHard()
-			case <-hard.Done():
-			}
+		case <-work.Done():
+		case <-hard.Done():
+			return
+		}
+		t := time.NewTimer(r.cfg.StopTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelHard()
 		case <-hard.Done():
 		}
 	}()
@@ -345,6 +355,12 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 		})
 	}
 
+	// The reporter stops before the final report, so that calls to
+	// Config.Progress never overlap and the final progress is the last one
+	// saved. stopReport lets a report in flight finish: its save runs
+	// under hard, not under reporting.
+	reporting, stopReport := context.WithCancel(hard)
+	defer stopReport()
 	reportDone := make(chan struct{})
 	go func() {
 		defer close(reportDone)
@@ -354,7 +370,7 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 			select {
 			case <-t.C:
 				r.report(hard, false)
-			case <-hard.Done():
+			case <-reporting.Done():
 				return
 			}
 		}
@@ -362,12 +378,11 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 	wg.Wait()
 	stopWork()
 	<-throttleDone
+	stopReport()
+	<-reportDone
 
 	sum := r.summary()
-	r.report(context.WithoutCancel(ctx), true)
-	cancelHard()
-	<-reportDone
-	sum.Progress = r.snapshot(true)
+	sum.Progress = r.report(context.WithoutCancel(ctx), true)
 
 	switch {
 	case r.fatal != nil:
@@ -391,8 +406,9 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 		outcome string
 		err     error
 	)
+	paid := false // the rate limiter is paid once per chunk, not per attempt
 	for attempt := 0; ; attempt++ {
-		res, outcome, err = r.copyChunk(hard, ch)
+		res, outcome, err = r.copyChunk(hard, ch, &paid)
 		if err == nil || permanent(err) || attempt >= r.cfg.Retries || hard.Err() != nil {
 			break
 		}
@@ -452,8 +468,10 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 // copyChunk asks the tracker what is left of ch and copies it: nothing
 // when all is settled (one Redis call), the unsettled keys alone when they
 // are few, or the whole range. The chunk is then marked whole, keys absent
-// from OLD included, so that a finished range counts as done.
-func (r *run) copyChunk(ctx context.Context, ch Span) (promote.Result, string, error) {
+// from OLD included, so that a finished range counts as done. Unless *paid,
+// it first takes the unsettled keys from the rate limiter, and sets *paid:
+// a chunk tried again is not charged again.
+func (r *run) copyChunk(ctx context.Context, ch Span, paid *bool) (promote.Result, string, error) {
 	left, err := r.cfg.Tracker.Unsettled(ctx, ch.Lo, ch.Hi)
 	if err != nil {
 		return promote.Result{}, "", fmt.Errorf("ask tracker: %w", err)
@@ -461,8 +479,11 @@ func (r *run) copyChunk(ctx context.Context, ch Span) (promote.Result, string, e
 	if len(left) == 0 {
 		return promote.Result{}, "settled", nil
 	}
-	if err := r.wait(ctx, len(left)); err != nil {
-		return promote.Result{}, "", err
+	if !*paid {
+		if err := r.wait(ctx, len(left)); err != nil {
+			return promote.Result{}, "", err
+		}
+		*paid = true
 	}
 	var res promote.Result
 	outcome := "range"
@@ -513,13 +534,6 @@ func (r *run) wait(ctx context.Context, n int) error {
 		n -= k
 	}
 	return nil
-}
-
-// snapshot returns the progress now.
-func (r *run) snapshot(finished bool) Progress {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.snapshotLocked(finished)
 }
 
 func (r *run) snapshotLocked(finished bool) Progress {
@@ -576,9 +590,9 @@ func estimateETA(left, copied int64, elapsed, copyTime, skipTime time.Duration) 
 	return time.Duration(eta)
 }
 
-// report publishes the progress: to Config.Progress, to the metrics and to
-// Redis for Status.
-func (r *run) report(ctx context.Context, finished bool) {
+// report publishes the progress, and returns it: to Config.Progress, to the
+// metrics and to Redis for Status.
+func (r *run) report(ctx context.Context, finished bool) Progress {
 	r.mu.Lock()
 	p := r.snapshotLocked(finished)
 	if !finished {
@@ -592,6 +606,7 @@ func (r *run) report(ctx context.Context, finished bool) {
 	if err := saveProgress(ctx, r.cfg.Redis, r.cfg.Prefix, p); err != nil {
 		r.log.WarnContext(ctx, "cannot save sweep progress to Redis", "err", err)
 	}
+	return p
 }
 
 func (r *run) summary() *Summary {

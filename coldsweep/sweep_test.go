@@ -3,13 +3,19 @@ package coldsweep_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -512,5 +518,267 @@ func TestSweepStopsOnPermanentError(t *testing.T) {
 	}
 	if got := testenv.CounterValue(t, b.reg, "lazymigrate_sweep_retries_total", "table", "accounts"); got != 0 {
 		t.Fatalf("retried %v times (in %v), want none", got, time.Since(start))
+	}
+}
+
+// Calls to Config.Progress never overlap, and the final one is the last,
+// in the callback and in Redis. The sweep starts paused; the first report
+// that sees the pause resumes it, then takes its time: it lasts until the
+// final report starts, or a second. The sweep finishes meanwhile, and its
+// final report must wait for it.
+func TestSweepProgressCallsDoNotOverlap(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupSweep(t, 300)
+	var (
+		s          *coldsweep.Sweeper
+		inflight   atomic.Int64
+		overlapped atomic.Bool
+		held       atomic.Bool
+		final      = make(chan struct{})
+		mu         sync.Mutex
+		finished   []bool // Finished of each call, in the order they started
+	)
+	progress := func(p coldsweep.Progress) {
+		if inflight.Add(1) > 1 {
+			overlapped.Store(true)
+		}
+		defer inflight.Add(-1)
+		mu.Lock()
+		finished = append(finished, p.Finished)
+		mu.Unlock()
+		if p.Finished {
+			close(final)
+			return
+		}
+		if p.Throttled == "paused" && held.CompareAndSwap(false, true) {
+			if err := s.Resume(ctx); err != nil {
+				t.Error(err)
+			}
+			select { // a slow terminal or pushgateway
+			case <-final:
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	var err error
+	s, err = coldsweep.New(b.config(coldsweep.Config{Chunk: 100, Workers: 2, ProgressInterval: time.Millisecond, Progress: progress}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := s.Run(ctx)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	switch {
+	case !held.Load():
+		t.Fatalf("no report saw the pause (calls: %v)", finished)
+	case overlapped.Load():
+		t.Fatalf("Progress was called again before an earlier call returned (calls: %v)", finished)
+	case !finished[len(finished)-1] || slices.Index(finished, true) != len(finished)-1:
+		t.Fatalf("calls by Finished: %v, want one final call, the last", finished)
+	}
+	saved, err := coldsweep.LoadProgress(ctx, b.rdb, b.prefix, "accounts")
+	if err != nil || len(saved) != 1 || !saved[0].Finished || saved[0].ChunksDone != sum.Chunks {
+		t.Fatalf("saved progress = %+v, %v; want the final one", saved, err)
+	}
+}
+
+// Without Config.Range, a sweep takes OLD's keys, and refuses, before
+// sweeping anything, keys no range can hold: a negative key, and
+// math.MaxInt64, past which a half-open range would have to end (its Hi
+// wrapped around to math.MinInt64, and the sweep set out over the whole
+// key space).
+func TestSweepRefusesOldKeysNoRangeCanHold(t *testing.T) {
+	t.Parallel()
+	b := setupSweep(t, 20)
+	for _, tc := range []struct {
+		key  int64
+		want func(error) bool
+	}{
+		{-5, func(err error) bool { return errors.Is(err, tracker.ErrInvalidKey) }},
+		{math.MaxInt64, func(err error) bool { return strings.Contains(err.Error(), "9223372036854775806") }},
+	} {
+		b.pair.Old.Exec(t, `INSERT INTO accounts SELECT $1, email, name, balance_cents, status, created_at, updated_at
+			FROM accounts WHERE id = 1`, tc.key)
+		s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 1000}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sum, err := s.Run(ctx)
+		cancel()
+		if err == nil || !tc.want(err) || sum != nil {
+			var planned any
+			if sum != nil {
+				planned = fmt.Sprintf("%d chunks over %v", sum.Chunks, sum.Range)
+			}
+			t.Fatalf("OLD holding key %d: Run = %v, %v; want an error saying so, and no sweep", tc.key, planned, err)
+		}
+		if n, err := b.tracker.CountRange(context.Background(), 0, 1<<20); err != nil || n != 0 {
+			t.Fatalf("tracker: %d keys settled, %v; want none", n, err)
+		}
+		b.pair.Old.Exec(t, `DELETE FROM accounts WHERE id = $1`, tc.key)
+	}
+}
+
+// faultyOld is OLD for the copier, without the bulk path. Once armed, the
+// first read of rows stalls until its context ends, and the next fails as
+// a revoked privilege does (SQLSTATE 42501): a failure that stops the
+// sweep.
+type faultyOld struct {
+	pool    *pgxpool.Pool
+	armed   atomic.Bool
+	reads   atomic.Int64
+	stalled chan struct{} // closed once the first read stalls
+	cut     chan error    // the stalled read's context error
+	release chan struct{} // closed to end the stalled read from the test
+}
+
+var _ promote.DB = (*faultyOld)(nil)
+
+func newFaultyOld(pool *pgxpool.Pool) *faultyOld {
+	return &faultyOld{pool: pool, stalled: make(chan struct{}), cut: make(chan error, 1), release: make(chan struct{})}
+}
+
+func (f *faultyOld) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return f.pool.Query(ctx, sql, args...)
+}
+
+func (f *faultyOld) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	return f.pool.QueryRow(ctx, sql, args...)
+}
+
+func (f *faultyOld) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if !f.armed.Load() {
+		return f.pool.SendBatch(ctx, b)
+	}
+	switch f.reads.Add(1) {
+	case 1:
+		close(f.stalled)
+		select {
+		case <-ctx.Done():
+			f.cut <- ctx.Err()
+			return failedBatch{ctx.Err()}
+		case <-f.release:
+			return failedBatch{errors.New("stalled read ended by the test")}
+		}
+	case 2:
+		<-f.stalled
+		return failedBatch{&pgconn.PgError{Severity: "ERROR", Code: "42501", Message: "permission denied for table accounts"}}
+	}
+	return f.pool.SendBatch(ctx, b)
+}
+
+// failedBatch is a batch whose every result is cause.
+type failedBatch struct{ cause error }
+
+func (b failedBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, b.cause }
+func (b failedBatch) Query() (pgx.Rows, error)         { return nil, b.cause }
+func (b failedBatch) QueryRow() pgx.Row                { return errRow{b.cause} }
+func (b failedBatch) Close() error                     { return b.cause }
+func (b failedBatch) Tx() pgx.Tx                       { return nil }
+
+// A chunk that fails for good stops the sweep, and the chunks still
+// running in other workers get StopTimeout to finish, as after a cancel,
+// not forever.
+func TestSweepCutsChunksInFlightAfterFatalError(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupSweep(t, 300)
+	old := newFaultyOld(b.pair.Old.Pool)
+	cp, err := promote.NewCopier(ctx, old, b.pair.New.Pool, &promote.CopierConfig{Table: "accounts", NoBulk: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.copier = cp
+	s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 100, Workers: 2, Range: coldsweep.Span{Lo: 1, Hi: 301},
+		StopTimeout: 50 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.armed.Store(true)
+	type result struct {
+		sum *coldsweep.Summary
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := s.Run(ctx)
+		done <- result{sum, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		close(old.release)
+		<-done
+		t.Fatal("Run did not return within 10s of a fatal error: the stalled chunk was never cut off")
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(r.err, &pgErr) || pgErr.Code != "42501" {
+		t.Fatalf("Run = %v; want the permission error", r.err)
+	}
+	select {
+	case err := <-old.cut:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("stalled read ended with %v, want context.Canceled", err)
+		}
+	default:
+		t.Fatal("the stalled read was not cancelled")
+	}
+	if r.sum.ChunksDone != 0 {
+		t.Fatalf("%d chunks done, want none: %+v", r.sum.ChunksDone, r.sum.Progress)
+	}
+}
+
+// stuckLag is a side for the throttle whose lag query does not answer
+// until its context ends, as on a server stuck on a lock.
+type stuckLag struct {
+	coldsweep.Querier
+	lagSQL string
+}
+
+func (q stuckLag) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if sql == q.lagSQL {
+		<-ctx.Done()
+		return errRow{ctx.Err()}
+	}
+	return q.Querier.QueryRow(ctx, sql, args...)
+}
+
+// A lag query that does not answer in time holds the sweep and says so,
+// instead of holding up the throttle, and Run with it: the first reading
+// is taken before any chunk starts.
+func TestSweepThrottleHoldsOnLagQueryTimeout(t *testing.T) {
+	t.Parallel()
+	b := setupSweep(t, 200)
+	const lagSQL = `SELECT 0::float8 AS stuck_lag`
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var held atomic.Value
+	s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 100, ProgressInterval: 5 * time.Millisecond,
+		Throttle: &coldsweep.ThrottleConfig{New: stuckLag{b.pair.New.Pool, lagSQL}, LagQuery: lagSQL,
+			MaxLatency: 20 * time.Millisecond, MaxLag: time.Second, Interval: 5 * time.Millisecond},
+		Progress: func(p coldsweep.Progress) {
+			if strings.Contains(p.Throttled, "new replication lag unknown: no answer within 200ms") {
+				held.Store(p.Throttled)
+				cancel()
+			}
+		}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := s.Run(ctx)
+	if held.Load() == nil {
+		t.Fatalf("no progress said the lag query timed out; Run = %v", err)
+	}
+	if !errors.Is(err, coldsweep.ErrInterrupted) || !errors.Is(err, context.Canceled) || sum.ChunksDone != 0 {
+		t.Fatalf("Run = %+v, %v; want ErrInterrupted by the cancel, with nothing done", sum.Progress, err)
 	}
 }

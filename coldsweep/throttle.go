@@ -31,15 +31,18 @@ type ThrottleConfig struct {
 	Interval time.Duration
 	// MaxLatency holds the sweep while a trivial query (SELECT 1) takes
 	// longer than this on OLD or NEW: a sign that the server is saturated.
-	// Defaults to 200ms; negative turns the signal off.
+	// Defaults to 200ms; negative turns the signal off. The latency probe
+	// and the lag query are each given ten times MaxLatency (2s when the
+	// signal is off) to answer; one that does not answer in time holds the
+	// sweep.
 	MaxLatency time.Duration
 	// MaxLag holds the sweep while a replica of OLD or NEW lags further
 	// than this behind its primary. Defaults to 10s; negative turns the
 	// signal off.
 	MaxLag time.Duration
-	// LagQuery returns the lag in seconds (one float8). Defaults to
-	// DefaultLagQuery; a heartbeat table read on the replica is the more
-	// precise alternative.
+	// LagQuery returns the lag in seconds (one float8), within the time
+	// MaxLatency gives a query. Defaults to DefaultLagQuery; a heartbeat
+	// table read on the replica is the more precise alternative.
 	LagQuery string
 	// Nice makes each worker rest after each chunk for Nice times the time
 	// the chunk took (gh-ost's nice-ratio): 1 halves the sweep's load.
@@ -53,6 +56,10 @@ type throttle struct {
 	pauseKey string
 	m        *sweepMetrics
 	log      *slog.Logger
+	// timeout bounds each query of a probe, so that a database that does
+	// not answer neither blocks Run (the first check runs before any chunk)
+	// nor stops the pause flag being read.
+	timeout time.Duration
 
 	mu      sync.Mutex
 	why     string        // "" when not throttled
@@ -65,7 +72,11 @@ func newThrottle(cfg ThrottleConfig, rdb redis.UniversalClient, pauseKey string,
 	cfg.MaxLatency = cmp.Or(cfg.MaxLatency, 200*time.Millisecond)
 	cfg.MaxLag = cmp.Or(cfg.MaxLag, 10*time.Second)
 	cfg.LagQuery = cmp.Or(cfg.LagQuery, DefaultLagQuery)
-	return &throttle{cfg: cfg, rdb: rdb, pauseKey: pauseKey, m: m, log: log, changed: make(chan struct{})}
+	timeout := 10 * cfg.MaxLatency
+	if cfg.MaxLatency < 0 {
+		timeout = 2 * time.Second // ten times the default MaxLatency
+	}
+	return &throttle{cfg: cfg, rdb: rdb, pauseKey: pauseKey, m: m, log: log, timeout: timeout, changed: make(chan struct{})}
 }
 
 // run reads the signals every Interval until ctx ends.
@@ -115,7 +126,7 @@ func (t *throttle) probe(ctx context.Context, side string, db Querier) string {
 	var reasons []string
 	if t.cfg.MaxLatency > 0 {
 		// A probe that cannot answer within ten times the limit is over it.
-		pctx, cancel := context.WithTimeout(ctx, 10*t.cfg.MaxLatency)
+		pctx, cancel := context.WithTimeout(ctx, t.timeout)
 		start := time.Now()
 		var one int
 		err := db.QueryRow(pctx, `SELECT 1`).Scan(&one)
@@ -133,12 +144,21 @@ func (t *throttle) probe(ctx context.Context, side string, db Querier) string {
 		}
 	}
 	if t.cfg.MaxLag > 0 {
+		// A lag that cannot be read in time may be over the limit: as a
+		// slow latency probe, it holds the sweep.
+		qctx, cancel := context.WithTimeout(ctx, t.timeout)
 		var secs float64
-		if err := db.QueryRow(ctx, t.cfg.LagQuery).Scan(&secs); err != nil {
-			if ctx.Err() == nil {
-				t.log.WarnContext(ctx, "throttle cannot read replication lag", "side", side, "err", err)
-			}
-		} else {
+		err := db.QueryRow(qctx, t.cfg.LagQuery).Scan(&secs)
+		late := errors.Is(qctx.Err(), context.DeadlineExceeded)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ""
+		case err != nil && late:
+			reasons = append(reasons, fmt.Sprintf("%s replication lag unknown: no answer within %v", side, t.timeout))
+		case err != nil:
+			t.log.WarnContext(ctx, "throttle cannot read replication lag", "side", side, "err", err)
+		default:
 			t.m.lag.WithLabelValues(side).Set(secs)
 			if lag := time.Duration(secs * float64(time.Second)); lag > t.cfg.MaxLag {
 				reasons = append(reasons, fmt.Sprintf("%s replication lag %v > %v", side, lag.Round(time.Millisecond), t.cfg.MaxLag))

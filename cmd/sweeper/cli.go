@@ -277,7 +277,9 @@ func (r *rangeFlags) check() error {
 
 // span returns the range as a half-open Span, filling the ends not given
 // from bounds (the inclusive smallest and largest keys), which is called
-// only when needed. ok is false when there is no key at all.
+// only when needed. ok is false when there is no key at all. A bound that
+// no Span can start or end at (a negative key, or math.MaxInt64, as Hi
+// would overflow) is an error that says which flag to give.
 func (r *rangeFlags) span(bounds func() (lo, hi int64, ok bool, err error)) (s coldsweep.Span, ok bool, err error) {
 	lo, hi := r.from.v, r.to.v
 	if !r.from.set || !r.to.set {
@@ -290,9 +292,16 @@ func (r *rangeFlags) span(bounds func() (lo, hi int64, ok bool, err error)) (s c
 		}
 		if !r.from.set {
 			lo = blo
+			if lo < 0 {
+				return coldsweep.Span{}, false, fmt.Errorf("the smallest key is %d: lazymigrate keys are integers >= 0 (give --from 0)", lo)
+			}
 		}
 		if !r.to.set {
 			hi = bhi
+			if hi == math.MaxInt64 {
+				return coldsweep.Span{}, false, fmt.Errorf("the largest key is %d, past the largest key a range can hold: "+
+					"give --to %d, and handle that key on its own", hi, hi-1)
+			}
 		}
 		if lo > hi {
 			return coldsweep.Span{}, false, nil

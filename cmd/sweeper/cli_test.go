@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"math"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/lazymigrate/lazymigrate/coldsweep"
 	"github.com/lazymigrate/lazymigrate/internal/connect"
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
 )
@@ -190,5 +192,27 @@ func TestRuntimeErrors(t *testing.T) {
 			t.Parallel()
 			wantOneLineError(t, sweeper(t, tc.args...), tc.want)
 		})
+	}
+}
+
+// The ends of a range read from the tables must be keys a range can start
+// and end at: a negative key, or math.MaxInt64 (one past it would wrap
+// around to math.MinInt64), is an error that names the flag to give.
+func TestRangeSpanRefusesBoundsNoRangeCanHold(t *testing.T) {
+	t.Parallel()
+	bounds := func(lo, hi int64) func() (int64, int64, bool, error) {
+		return func() (int64, int64, bool, error) { return lo, hi, true, nil }
+	}
+	var r rangeFlags
+	if s, _, err := r.span(bounds(1, math.MaxInt64)); err == nil || !strings.Contains(err.Error(), "give --to 9223372036854775806") {
+		t.Errorf("largest key MaxInt64: span = %v, %v; want an error pointing to --to", s, err)
+	}
+	if s, _, err := r.span(bounds(-3, 10)); err == nil || !strings.Contains(err.Error(), "give --from 0") {
+		t.Errorf("smallest key -3: span = %v, %v; want an error pointing to --from", s, err)
+	}
+	// The flags given replace the bounds read.
+	r.from, r.to = optInt{v: 0, set: true}, optInt{v: 50, set: true}
+	if s, ok, err := r.span(bounds(-3, math.MaxInt64)); err != nil || !ok || s != (coldsweep.Span{Lo: 0, Hi: 51}) {
+		t.Errorf("--from 0 --to 50: span = %v, %v, %v; want [0, 51)", s, ok, err)
 	}
 }

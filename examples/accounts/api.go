@@ -6,16 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lazymigrate/lazymigrate/httpmw"
 	"github.com/lazymigrate/lazymigrate/lazy"
+	"github.com/lazymigrate/lazymigrate/promote"
 )
 
 // getAccount answers GET /accounts/{id}. It runs behind httpmw, against
@@ -75,7 +79,24 @@ func decodeInput(w http.ResponseWriter, r *http.Request) (accountInput, error) {
 	case !statuses[*in.Status]:
 		return in, fmt.Errorf("body: status %q is not one of active, suspended, closed", *in.Status)
 	}
+	for _, f := range []struct{ name, value string }{{"email", *in.Email}, {"name", *in.Name}} {
+		if err := checkText(f.name, f.value); err != nil {
+			return in, err
+		}
+	}
 	return in, nil
+}
+
+// checkText rejects control characters (U+0000 to U+001F and U+007F to
+// U+009F) in a text field: Postgres cannot store U+0000 at all, and the
+// others have no place in an email address or a name.
+func checkText(field, v string) error {
+	for i, r := range v {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("body: %s must not contain control characters; it has %U at byte %d", field, r, i)
+		}
+	}
+	return nil
 }
 
 func (in accountInput) applyTo(a *Account, now time.Time) {
@@ -87,7 +108,7 @@ func (in accountInput) applyTo(a *Account, now time.Time) {
 // account through lazy.Repo, which writes NEW and mirrors the change to
 // OLD, and answers the record as stored.
 func (s *server) putAccount(w http.ResponseWriter, r *http.Request) {
-	id, err := accountKey(r)
+	id, err := s.key(r)
 	if err != nil {
 		httpmw.WriteJSONError(w, r, http.StatusBadRequest, err)
 		return
@@ -121,7 +142,7 @@ func (s *server) putAccount(w http.ResponseWriter, r *http.Request) {
 // account existed or not. lazy.Repo deletes it from NEW, leaves a tombstone
 // so that it never comes back from OLD, and mirrors the delete to OLD.
 func (s *server) deleteAccount(w http.ResponseWriter, r *http.Request) {
-	id, err := accountKey(r)
+	id, err := s.key(r)
 	if err != nil {
 		httpmw.WriteJSONError(w, r, http.StatusBadRequest, err)
 		return
@@ -133,13 +154,47 @@ func (s *server) deleteAccount(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// accountKey parses {id} as the GET route's middleware does.
-var accountKey = httpmw.PathKey("id")
+// defaultMaxID is serveConfig.MaxID's default, 2^40: far above any id the
+// demo uses, far below where key arithmetic could overflow.
+const defaultMaxID = 1 << 40
 
-// writeError answers a failed write: 503 when a database is unavailable
-// (the client may retry), 500 otherwise; the details go to the log only.
+// keyFunc parses {id} as an integer from 0 to maxID; anything else is an
+// invalid key (400). Every route uses it: the read route's middleware and
+// the write handlers alike.
+func keyFunc(maxID int64) httpmw.KeyFunc {
+	parse := httpmw.PathKey("id")
+	return func(r *http.Request) (int64, error) {
+		id, err := parse(r)
+		if err == nil && id > maxID {
+			return 0, idAboveMax{id, maxID}
+		}
+		return id, err
+	}
+}
+
+// idAboveMax is an id above serveConfig.MaxID: an invalid key (it is
+// httpmw.ErrInvalidKey), with a message of its own.
+type idAboveMax struct{ id, max int64 }
+
+func (e idAboveMax) Error() string {
+	return fmt.Sprintf("id %d is above %d, the largest this service accepts (serve -max-id)", e.id, e.max)
+}
+
+func (e idAboveMax) Is(target error) bool { return target == httpmw.ErrInvalidKey }
+
+// writeError answers a failed write: 400 for an invalid key, 503 when a
+// database is unavailable (the client may retry), 422 when NEW rejected
+// the record as invalid data (SQLSTATE class 22 or 23: retrying the same
+// body cannot help), 500 otherwise. The details go to the log; a 422
+// tells the client what the database objected to, a 5xx only its kind.
+//
+// A row OLD holds that NEW rejects (promote.ErrRowRejected, met when a
+// PUT first promotes the account) stays a 500: the fault is in the data
+// the service already had, not in the request.
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusInternalServerError
+	reply := err
+	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, lazy.ErrInvalidKey):
 		status = http.StatusBadRequest
@@ -147,9 +202,22 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusServiceUnavailable
 	case r.Context().Err() != nil:
 		return // the client went away
+	case errors.As(err, &pgErr) && isDataClass(pgErr.Code) && !errors.Is(err, promote.ErrRowRejected):
+		status = http.StatusUnprocessableEntity
+		reply = fmt.Errorf("the database rejected the account: %s (SQLSTATE %s)", pgErr.Message, pgErr.Code)
 	}
-	s.log.ErrorContext(r.Context(), "write failed", "method", r.Method, "path", r.URL.Path, "error", err)
-	httpmw.WriteJSONError(w, r, status, err)
+	level := slog.LevelError
+	if status < http.StatusInternalServerError {
+		level = slog.LevelWarn // the client's mistake, not the service's
+	}
+	s.log.Log(r.Context(), level, "write failed", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
+	httpmw.WriteJSONError(w, r, status, reply)
+}
+
+// isDataClass reports whether SQLSTATE code is of class 22 (data
+// exception) or 23 (integrity constraint violation).
+func isDataClass(code string) bool {
+	return strings.HasPrefix(code, "22") || strings.HasPrefix(code, "23")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

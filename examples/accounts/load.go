@@ -26,6 +26,9 @@ func runLoad(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.DurationVar(&c.Duration, "duration", 20*time.Second, "how long to send requests")
 	fs.Float64Var(&c.Rate, "rate", 0, "requests per second, sent on schedule whatever the latency (0: as fast as -concurrency allows)")
 	fs.IntVar(&c.Concurrency, "concurrency", 0, "requests in flight at most (default 64 with -rate, 16 without)")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "give up on a request after this long (an error)")
+	fs.DurationVar(&c.Grace, "grace", 5*time.Second,
+		"after -duration, how long to wait for the requests in flight; those still unanswered are errors")
 	fs.Int64Var(&c.Rows, "rows", 200_000, "read ids 1 to `N`")
 	fs.Float64Var(&c.ZipfS, "zipf-s", 1.1, "Zipf exponent, above 1: the higher, the more reads go to the hottest keys")
 	fs.Float64Var(&c.ZipfV, "zipf-v", 1, "Zipf offset, at least 1: the higher, the flatter the head")
@@ -51,29 +54,66 @@ func runLoad(ctx context.Context, args []string, stdout io.Writer) error {
 	} else {
 		fmt.Fprintln(stdout, rep)
 	}
-	switch {
-	case ctx.Err() != nil:
+	if ctx.Err() != nil {
 		return ctx.Err()
-	case rep.Errors > 0:
-		return fmt.Errorf("load: %d of %d requests failed", rep.Errors, rep.Requests)
-	case *maxP99 > 0 && rep.P99 > *maxP99:
-		return fmt.Errorf("load: p99 latency %s is above -max-p99 %s", ms(rep.P99), ms(*maxP99))
+	}
+	if problems := rep.problems(c, *maxP99); len(problems) > 0 {
+		return fmt.Errorf("load: %s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// minSentShare is the share of the requests -rate calls for that a run
+// must send: below it, the service was too slow for -concurrency and the
+// run did not measure the load it was asked for.
+const minSentShare = 0.9
+
+// problems lists what makes the run a failure.
+func (r LoadReport) problems(c loadConfig, maxP99 time.Duration) []string {
+	var out []string
+	switch {
+	case r.Sent == 0:
+		out = append(out, "no request was sent")
+	case r.Errors == r.Sent:
+		out = append(out, fmt.Sprintf("all %d requests sent failed", r.Sent))
+	case r.Errors > 0:
+		out = append(out, fmt.Sprintf("%d of %d requests failed", r.Errors, r.Sent))
+	}
+	if r.GivenUp > 0 {
+		out = append(out, fmt.Sprintf("%d were still unanswered -grace %s after -duration", r.GivenUp, c.Grace))
+	}
+	if c.Rate > 0 && float64(r.Sent) < minSentShare*float64(r.Scheduled) {
+		out = append(out, fmt.Sprintf("sent %d of the %d requests -rate %g called for: the service is too slow for -concurrency %d",
+			r.Sent, r.Scheduled, c.Rate, r.Concurrency))
+	}
+	if maxP99 > 0 && r.P99 > maxP99 {
+		out = append(out, fmt.Sprintf("p99 latency %s is above -max-p99 %s", ms(r.P99), ms(maxP99)))
+	}
+	return out
 }
 
 // loadConfig configures a load run.
 type loadConfig struct {
 	// Addr is the service: host:port or a base URL.
-	Addr     string
+	Addr string
+	// Duration is how long requests are sent.
 	Duration time.Duration
 	// Rate, when positive, sends that many requests per second on a fixed
 	// schedule (an open loop): a request's latency runs from when it was
 	// due, so a slow service cannot hide its queueing by slowing the load.
 	// Otherwise each of Concurrency workers sends its next request as
 	// soon as the last is answered.
-	Rate        float64
+	Rate float64
+	// Concurrency bounds the requests in flight. Defaults to 64 with Rate,
+	// 16 without.
 	Concurrency int
+	// Timeout bounds each request: one unanswered by then is an error.
+	// Defaults to 10s.
+	Timeout time.Duration
+	// Grace is how long the run waits, after Duration, for the requests
+	// in flight; those still unanswered are given up on and count as
+	// errors, with their latency measured to then. Zero gives up at once.
+	Grace time.Duration
 	// Rows: keys are drawn from 1 to Rows.
 	Rows         int64
 	ZipfS, ZipfV float64
@@ -84,30 +124,48 @@ type loadConfig struct {
 
 // LoadReport sums up a load run.
 type LoadReport struct {
-	Requests int `json:"requests"`
-	// Errors counts requests that failed or answered neither 200 nor 404.
-	Errors   int `json:"errors"`
+	// Scheduled is how many requests Rate called for while the run sent
+	// (Rate × Duration in a run not interrupted); without Rate, Sent.
+	Scheduled int `json:"scheduled"`
+	// Sent counts the requests sent, each of them answered, failed or
+	// given up. Fewer than Scheduled means Concurrency requests were in
+	// flight when more were due: the service was too slow for it.
+	Sent int `json:"sent"`
+	// Errors counts requests that failed (Timeout included), answered
+	// neither 200 nor 404, or were given up.
+	Errors int `json:"errors"`
+	// GivenUp counts the requests still unanswered Grace after Duration.
+	GivenUp  int `json:"given_up"`
 	NotFound int `json:"not_found"`
 	// FromNew and FromOld count answers by their Lazymigrate-Source.
 	FromNew int `json:"from_new"`
 	FromOld int `json:"from_old"`
 	// NewShare is FromNew's share of the answers with a source, over the
 	// whole run; LastNewShare over its last second.
-	NewShare     float64       `json:"new_share"`
-	LastNewShare float64       `json:"last_new_share"`
-	Elapsed      time.Duration `json:"elapsed_ns"`
-	PerSec       float64       `json:"per_sec"`
-	P50          time.Duration `json:"p50_ns"`
-	P90          time.Duration `json:"p90_ns"`
-	P99          time.Duration `json:"p99_ns"`
-	Max          time.Duration `json:"max_ns"`
+	NewShare     float64 `json:"new_share"`
+	LastNewShare float64 `json:"last_new_share"`
+	Concurrency  int     `json:"concurrency"`
+	// Elapsed runs to the last request's end, the wait for those in
+	// flight included; PerSec is Sent over the time spent sending.
+	Elapsed time.Duration `json:"elapsed_ns"`
+	PerSec  float64       `json:"per_sec"`
+	// The latency percentiles are over every request sent, failed and
+	// given up included.
+	P50 time.Duration `json:"p50_ns"`
+	P90 time.Duration `json:"p90_ns"`
+	P99 time.Duration `json:"p99_ns"`
+	Max time.Duration `json:"max_ns"`
 }
 
 func (r LoadReport) String() string {
-	return fmt.Sprintf("load: %d requests in %s (%.0f/s); NEW served %.1f%% (%.1f%% in the last second); "+
-		"latency p50 %s, p90 %s, p99 %s, max %s; %d errors, %d not found",
-		r.Requests, r.Elapsed.Round(10*time.Millisecond), r.PerSec, 100*r.NewShare, 100*r.LastNewShare,
-		ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max), r.Errors, r.NotFound)
+	sent := fmt.Sprintf("%d requests", r.Sent)
+	if r.Sent != r.Scheduled {
+		sent = fmt.Sprintf("%d requests sent of %d scheduled", r.Sent, r.Scheduled)
+	}
+	return fmt.Sprintf("load: %s in %s (%.0f/s); NEW served %.1f%% (%.1f%% in the last second); "+
+		"latency p50 %s, p90 %s, p99 %s, max %s; %d errors (%d given up), %d not found",
+		sent, r.Elapsed.Round(10*time.Millisecond), r.PerSec, 100*r.NewShare, 100*r.LastNewShare,
+		ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max), r.Errors, r.GivenUp, r.NotFound)
 }
 
 func ms(d time.Duration) string {
@@ -120,12 +178,16 @@ type outcome struct {
 	source  string // the Lazymigrate-Source header
 	failed  bool
 	missing bool // 404
+	givenUp bool // still unanswered Grace after Duration
+	// interrupted: cut off because the caller's context ended; left out
+	// of the report.
+	interrupted bool
 }
 
 // tally sums up outcomes.
 type tally struct {
-	n, failed, missing, fromNew, fromOld int
-	latencies                            []time.Duration
+	n, failed, givenUp, missing, fromNew, fromOld int
+	latencies                                     []time.Duration
 }
 
 func (t *tally) add(o outcome) {
@@ -136,6 +198,9 @@ func (t *tally) add(o outcome) {
 		t.failed++
 	case o.missing:
 		t.missing++
+	}
+	if o.givenUp {
+		t.givenUp++
 	}
 	switch o.source {
 	case string(httpmw.SourceNew):
@@ -160,8 +225,21 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[min(len(sorted)-1, int(math.Ceil(q*float64(len(sorted))))-1)]
 }
 
+// givenUp is the cause with which a run cancels the requests still in
+// flight Grace after Duration: at is when it gave up on them.
+type givenUp struct{ at time.Time }
+
+func (givenUp) Error() string { return "given up at the end of the run" }
+
 // load runs the read load of c against the service and returns its report.
-// It stops early, with what it measured, when ctx ends.
+// It stops early, with what it measured, when ctx ends; the requests ctx
+// cut off are left out.
+//
+// Sending stops at c.Duration; each request runs under its own c.Timeout,
+// from ctx rather than from the end of sending, so that the requests in
+// flight then (the slow ones, most likely) are measured too: the run waits
+// c.Grace for them, and gives up on those still unanswered, counting them
+// as errors whose latency runs to then.
 func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 	base := strings.TrimRight(c.Addr, "/")
 	if !strings.Contains(base, "://") {
@@ -178,6 +256,10 @@ func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 		return LoadReport{}, usageError{errors.New("-zipf-s must be above 1 and -zipf-v at least 1")}
 	case c.Concurrency < 0:
 		return LoadReport{}, usageError{errors.New("-concurrency must not be negative")}
+	case c.Timeout < 0:
+		return LoadReport{}, usageError{errors.New("-timeout must not be negative")}
+	case c.Grace < 0:
+		return LoadReport{}, usageError{errors.New("-grace must not be negative")}
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = 16
@@ -185,23 +267,33 @@ func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 			c.Concurrency = 64
 		}
 	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConns = c.Concurrency
 	transport.MaxIdleConnsPerHost = c.Concurrency
-	client := &http.Client{Transport: transport, Timeout: 10 * time.Second}
+	client := &http.Client{Transport: transport} // each request has its own deadline
 	defer transport.CloseIdleConnections()
 	if err := checkService(ctx, client, base); err != nil {
 		return LoadReport{}, err
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, c.Duration)
-	defer cancel()
+	// sending ends at the deadline; requests ends when the run gives up on
+	// those in flight, with a givenUp cause.
+	sending, stopSending := context.WithTimeout(ctx, c.Duration)
+	defer stopSending()
+	requests, giveUp := context.WithCancelCause(ctx)
+	defer giveUp(nil)
 	results := make(chan outcome, 4*c.Concurrency)
 	get := func(at time.Time, id int64) {
-		results <- request(ctx, client, fmt.Sprintf("%s/accounts/%d", base, id), at)
+		results <- request(requests, c.Timeout, client, fmt.Sprintf("%s/accounts/%d", base, id), at)
 	}
 
-	var wg sync.WaitGroup
+	var (
+		wg        sync.WaitGroup
+		scheduled int // written by the scheduler, read once wg is done
+	)
 	start := time.Now()
 	if c.Rate > 0 {
 		type job struct {
@@ -212,27 +304,32 @@ func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 		for range c.Concurrency {
 			wg.Go(func() {
 				for j := range jobs {
+					if sending.Err() != nil {
+						continue // due, but not sent before the end: Sent < Scheduled tells
+					}
 					get(j.at, j.id)
 				}
 			})
 		}
 		wg.Go(func() {
 			defer close(jobs)
+			n := schedule(c, start)
+			defer func() { scheduled = n(time.Now()) }()
 			keys := newKeys(c, 0)
 			tick := time.NewTicker(time.Millisecond)
 			defer tick.Stop()
-			for sent := int64(0); ; {
-				due := int64(time.Since(start).Seconds() * c.Rate)
-				for ; sent < due; sent++ {
-					at := start.Add(time.Duration(float64(sent) / c.Rate * float64(time.Second)))
+			total := n(start.Add(c.Duration))
+			for next := 0; next < total; {
+				for due := n(time.Now()); next < due; next++ {
+					at := start.Add(time.Duration(float64(next) / c.Rate * float64(time.Second)))
 					select {
 					case jobs <- job{at, keys.next()}:
-					case <-ctx.Done():
+					case <-sending.Done():
 						return
 					}
 				}
 				select {
-				case <-ctx.Done():
+				case <-sending.Done():
 					return
 				case <-tick.C:
 				}
@@ -242,7 +339,7 @@ func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 		for i := range c.Concurrency {
 			wg.Go(func() {
 				keys := newKeys(c, uint64(i))
-				for ctx.Err() == nil {
+				for sending.Err() == nil {
 					get(time.Now(), keys.next())
 				}
 			})
@@ -269,6 +366,9 @@ func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 		}
 		second = tally{}
 	}
+	stopped := sending.Done() // then wait Grace for the requests in flight
+	var grace <-chan time.Time
+	sendEnd := start.Add(c.Duration) // sooner if ctx ended first
 	for done := false; !done; {
 		select {
 		case o, ok := <-results:
@@ -276,11 +376,22 @@ func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 				done = true
 				break
 			}
-			if ctx.Err() != nil && o.failed {
-				continue // cut short by the end of the run, not the service's fault
+			if o.interrupted {
+				continue // cut off by ctx: the run is abandoned, not measured
 			}
 			all.add(o)
 			second.add(o)
+		case <-stopped:
+			stopped = nil
+			if now := time.Now(); now.Before(sendEnd) {
+				sendEnd = now
+			}
+			t := time.NewTimer(c.Grace)
+			defer t.Stop()
+			grace = t.C
+		case now := <-grace:
+			grace = nil
+			giveUp(givenUp{at: now})
 		case <-report.C:
 			printSecond()
 		}
@@ -289,34 +400,70 @@ func load(ctx context.Context, c loadConfig) (LoadReport, error) {
 	if second.n > 0 && !fullSecond { // a run shorter than a second
 		lastShare = second.newShare()
 	}
+	if c.Rate == 0 {
+		scheduled = all.n
+	}
 
 	slices.Sort(all.latencies)
 	return LoadReport{
-		Requests: all.n, Errors: all.failed, NotFound: all.missing,
+		Scheduled: scheduled, Sent: all.n, Errors: all.failed, GivenUp: all.givenUp, NotFound: all.missing,
 		FromNew: all.fromNew, FromOld: all.fromOld,
-		NewShare: all.newShare(), LastNewShare: lastShare,
-		Elapsed: elapsed, PerSec: float64(all.n) / elapsed.Seconds(),
+		NewShare: all.newShare(), LastNewShare: lastShare, Concurrency: c.Concurrency,
+		Elapsed: elapsed, PerSec: float64(all.n) / sendEnd.Sub(start).Seconds(),
 		P50: quantile(all.latencies, 0.5), P90: quantile(all.latencies, 0.9),
 		P99: quantile(all.latencies, 0.99), Max: quantile(all.latencies, 1),
 	}, nil
 }
 
-// request sends one GET; its latency runs from at, when it was due.
-func request(ctx context.Context, client *http.Client, url string, at time.Time) outcome {
+// schedule returns, for a run of c at c.Rate starting at start, how many
+// requests are due at a time: request k is due at start + k/Rate, and
+// none at or after start + Duration.
+func schedule(c loadConfig, start time.Time) func(time.Time) int {
+	total := int(math.Ceil(c.Duration.Seconds()*c.Rate - 1e-9))
+	return func(t time.Time) int {
+		if t.Before(start) {
+			return 0
+		}
+		return min(total, int(t.Sub(start).Seconds()*c.Rate)+1)
+	}
+}
+
+// request sends one GET under run, bounded by timeout; its latency runs
+// from at, when it was due. A request run ends was given up on, its
+// latency measured to then, if run ended with a givenUp cause, and was
+// interrupted otherwise.
+func request(run context.Context, timeout time.Duration, client *http.Client, url string, at time.Time) outcome {
+	ctx, cancel := context.WithTimeout(run, timeout)
+	defer cancel()
+	failed := func() outcome {
+		o := outcome{latency: time.Since(at), failed: true}
+		if run.Err() != nil { // the run ended the request, not its timeout
+			var g givenUp
+			if errors.As(context.Cause(run), &g) {
+				o.givenUp, o.latency = true, g.at.Sub(at)
+			} else {
+				o.interrupted = true
+			}
+		}
+		return o
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return outcome{latency: time.Since(at), failed: true}
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return outcome{latency: time.Since(at), failed: true}
+		return failed()
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	if err != nil {
+		return failed()
+	}
 	return outcome{
 		latency: time.Since(at),
 		source:  resp.Header.Get(httpmw.HeaderSource),
-		failed:  err != nil || (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound),
+		failed:  resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound,
 		missing: resp.StatusCode == http.StatusNotFound,
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/lazymigrate/lazymigrate/internal/pgtable"
+	"github.com/lazymigrate/lazymigrate/internal/schema"
 	"github.com/lazymigrate/lazymigrate/promote"
 )
 
@@ -46,54 +48,87 @@ func runSeed(ctx context.Context, args []string, stdout io.Writer) error {
 	defer d.close()
 
 	start := time.Now()
-	n, err := seed(ctx, d.old, d.new, *rows)
+	res, err := seed(ctx, d.old, d.new, *rows)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "seeded OLD with accounts 1..%d (%d inserted) in %s; NEW has the table and lazymigrate's schema\n",
-		*rows, n, time.Since(start).Round(time.Millisecond))
+	var deleted string
+	if res.tombstoned > 0 {
+		deleted = fmt.Sprintf(", leaving out %d deleted through the service", res.tombstoned)
+	}
+	fmt.Fprintf(stdout, "seeded OLD with accounts 1..%d (%d inserted) in %s%s; NEW has the table and lazymigrate's schema\n",
+		*rows, res.inserted, time.Since(start).Round(time.Millisecond), deleted)
 	return nil
 }
 
 // seedBatch is the number of rows one INSERT writes.
 const seedBatch = 50_000
 
+// seedResult is what seed did.
+type seedResult struct {
+	inserted int64 // accounts inserted into OLD
+	// tombstoned counts the ids in 1..rows that were deleted through the
+	// service (tombstoned in NEW): seed leaves them out.
+	tombstoned int64
+}
+
 // seed creates the accounts table in OLD and NEW if need be, and
 // lazymigrate's schema in NEW, then inserts into OLD the accounts with ids 1
-// to rows that it lacks, and returns how many it inserted. Running it again
-// is harmless.
+// to rows that it lacks, except those deleted through the service.
+//
+// Running it again adds only those accounts, and so leaves alone what the
+// service did: rows it wrote were mirrored to OLD and are kept as they
+// are, and ids it deleted are tombstoned in NEW and stay deleted (seeding
+// them again would bring them back in OLD, to be served by a rollback to
+// mode old and reported by the sweeper's verify). A delete made while seed
+// runs may still come back: seed again before serving, not during.
 //
 // The rows are made by Postgres itself (INSERT ... SELECT from
 // generate_series), which writes 200,000 of them in about a second: nothing
-// crosses the network but the statement.
-func seed(ctx context.Context, oldDB, newDB *pgxpool.Pool, rows int64) (int64, error) {
+// crosses the network but the statement and the tombstoned ids.
+func seed(ctx context.Context, oldDB, newDB *pgxpool.Pool, rows int64) (seedResult, error) {
+	var res seedResult
 	for _, db := range []struct {
 		side string
 		pool *pgxpool.Pool
 	}{{"OLD", oldDB}, {"NEW", newDB}} {
 		if _, err := db.pool.Exec(ctx, accountsDDL); err != nil {
-			return 0, fmt.Errorf("create accounts in %s: %w", db.side, err)
+			return res, fmt.Errorf("create accounts in %s: %w", db.side, err)
 		}
 	}
 	if err := promote.Setup(ctx, newDB); err != nil {
-		return 0, err
+		return res, err
 	}
-	var inserted int64
+	// Tombstones name the table by its catalog identity (public.accounts).
+	tbl, err := pgtable.Describe(ctx, newDB, table)
+	if err != nil {
+		return res, fmt.Errorf("NEW: %w", err)
+	}
 	for lo := int64(1); lo <= rows; lo += seedBatch {
 		hi := min(lo+seedBatch-1, rows)
-		tag, err := oldDB.Exec(ctx, seedSQL, lo, hi)
-		if err != nil {
-			return inserted, fmt.Errorf("seed OLD with accounts %d..%d: %w", lo, hi, err)
+		var tombs []int64
+		if err := newDB.QueryRow(ctx, tombstonedSQL, tbl.ID, lo, hi).Scan(&tombs); err != nil {
+			return res, fmt.Errorf("read NEW's tombstones of accounts %d..%d: %w", lo, hi, err)
 		}
-		inserted += tag.RowsAffected()
+		tag, err := oldDB.Exec(ctx, seedSQL, lo, hi, tombs)
+		if err != nil {
+			return res, fmt.Errorf("seed OLD with accounts %d..%d: %w", lo, hi, err)
+		}
+		res.inserted += tag.RowsAffected()
+		res.tombstoned += int64(len(tombs))
 	}
-	return inserted, nil
+	return res, nil
 }
 
-// seedSQL inserts accounts $1..$2 with plausible values derived from the id:
-// names from two lists, balances scattered by a multiplicative hash, one
-// account in 17 suspended and one in 50 closed, creation dates spread over
-// the years before 2025 in id order.
+// tombstonedSQL lists the ids from $2 to $3 of table $1 deleted through
+// lazymigrate.
+const tombstonedSQL = `SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM ` + schema.Tombstones + `
+WHERE table_name = $1 AND key BETWEEN $2 AND $3`
+
+// seedSQL inserts accounts $1..$2 but the ids in $3, with plausible values
+// derived from the id: names from two lists, balances scattered by a
+// multiplicative hash, one account in 17 suspended and one in 50 closed,
+// creation dates spread over the years before 2025 in id order.
 const seedSQL = `
 INSERT INTO accounts (id, email, name, balance_cents, status, created_at, updated_at)
 SELECT i,
@@ -109,6 +144,7 @@ FROM generate_series($1::bigint, $2::bigint) AS i,
                     'Hedy','John','Ken','Leslie','Margaret','Niklaus','Radia','Tim'])) AS f(v),
      (VALUES (ARRAY['Allen','Babbage','Cerf','Dijkstra','Hamilton','Hopper','Kahn','Knuth',
                     'Lamport','Liskov','Lovelace','Perlman','Ritchie','Thompson','Turing','Wirth'])) AS l(v)
+WHERE NOT EXISTS (SELECT FROM unnest($3::bigint[]) AS t(k) WHERE t.k = i)
 ON CONFLICT (id) DO NOTHING`
 
 // createDatabase creates the database dsn names, connecting to the

@@ -28,8 +28,19 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&cfg.Worker, "worker", true, "run the promotion worker in this process (-worker=false: run `accounts worker` instead)")
 	cfg.WorkerConfig.register(fs)
 	fs.IntVar(&cfg.HeatmapCells, "heatmap-cells", 200, "most cells of the status page's key-space heatmap")
+	fs.Int64Var(&cfg.MaxID, "max-id", defaultMaxID,
+		"largest account `id` the API accepts (a larger one is 400); set it a little above the ids the table "+
+			"will reach: every 2^20 ids that writes touch cost up to 128 KiB of Redis in the tracker")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 10*time.Second,
+		"on SIGINT or SIGTERM, how long requests in flight may take to finish before they are cut off")
 	if err := parse(fs, args, stdout); err != nil {
 		return err
+	}
+	switch {
+	case cfg.MaxID < 1:
+		return usageError{fmt.Errorf("-max-id must be at least 1, got %d", cfg.MaxID)}
+	case *shutdownTimeout <= 0:
+		return usageError{fmt.Errorf("-shutdown-timeout must be positive, got %s", *shutdownTimeout)}
 	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -62,10 +73,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case <-ctx.Done():
 	}
 	s.log.Info("shutting down: finishing requests in flight")
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *shutdownTimeout)
 	defer cancel()
 	if err := hs.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		// Requests still running: close their connections, which ends their
+		// contexts, before the deferred closes stop the enqueuer and close
+		// the pools under them.
+		_ = hs.Close()
+		return fmt.Errorf("shutdown: requests in flight after -shutdown-timeout %s were cut off: %w", *shutdownTimeout, err)
 	}
 	return nil
 }
@@ -82,6 +97,11 @@ type serveConfig struct {
 	WorkerConfig workerConfig
 	// HeatmapCells is the most cells of the status page's heatmap.
 	HeatmapCells int
+	// MaxID is the largest account id the API accepts, on every route;
+	// larger ones are 400. It bounds the key range (OLD's max(id), which
+	// a PUT mirrors there, is where the sweeper stops) and what a client
+	// can make the tracker hold in Redis. Defaults to 2^40.
+	MaxID int64
 	// StatusTTL is how long a computed status is served again. Defaults
 	// to a second.
 	StatusTTL time.Duration
@@ -98,6 +118,7 @@ type server struct {
 	m      *migration
 	log    *slog.Logger
 	mux    *http.ServeMux
+	key    httpmw.KeyFunc // parses {id}, on every route
 	status *statusBoard
 	rates  *rates
 
@@ -118,8 +139,14 @@ func newServer(ctx context.Context, d *deps, cfg serveConfig) (*server, error) {
 	if cfg.StatusTTL == 0 {
 		cfg.StatusTTL = time.Second
 	}
+	if cfg.MaxID == 0 {
+		cfg.MaxID = defaultMaxID
+	}
 	if cfg.HeatmapCells < 1 {
 		return nil, usageError{fmt.Errorf("-heatmap-cells must be at least 1, got %d", cfg.HeatmapCells)}
+	}
+	if cfg.MaxID < 0 {
+		return nil, usageError{fmt.Errorf("-max-id must be at least 1, got %d", cfg.MaxID)}
 	}
 	// Three registries, all served at /metrics: lib's counters are sampled
 	// every second for the status page's rates; the tracker's gauge counts
@@ -145,8 +172,9 @@ func newServer(ctx context.Context, d *deps, cfg serveConfig) (*server, error) {
 		m.repo.Close()
 		return nil, err
 	}
+	key := keyFunc(cfg.MaxID)
 	mw, err := httpmw.New(d.old, d.new, &httpmw.Config{
-		Key:        httpmw.PathKey("id"),
+		Key:        key,
 		Tracker:    m.tracker,
 		Tombstones: tombs,
 		Scheduler:  m.enqueuer,
@@ -159,7 +187,7 @@ func newServer(ctx context.Context, d *deps, cfg serveConfig) (*server, error) {
 		return nil, err
 	}
 
-	s := &server{d: d, m: m, log: cfg.Logger, rates: newRates(lib, routeGet)}
+	s := &server{d: d, m: m, log: cfg.Logger, key: key, rates: newRates(lib, routeGet)}
 	s.status = &statusBoard{
 		cfg: statusConfig{
 			Prefix: cfg.Prefix, Cells: cfg.HeatmapCells, TTL: cfg.StatusTTL,

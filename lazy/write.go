@@ -11,6 +11,7 @@ import (
 
 	"github.com/lazymigrate/lazymigrate/internal/keys"
 	"github.com/lazymigrate/lazymigrate/internal/pgtext"
+	"github.com/lazymigrate/lazymigrate/promote"
 )
 
 // Errors of the write path.
@@ -21,6 +22,9 @@ var (
 	// ErrKeyMismatch: the record given to a write carries another key than
 	// the key argument.
 	ErrKeyMismatch = errors.New("lazy: record key differs from the key written")
+	// ErrNeedsReadCommitted: the transaction given to PutTx or DeleteTx
+	// does not run at READ COMMITTED isolation.
+	ErrNeedsReadCommitted = promote.ErrNeedsReadCommitted
 )
 
 // acquirer is what writes need of NEW: a connection of their own, to hold
@@ -227,40 +231,72 @@ func (r *Repo[T]) migrate(ctx context.Context, key int64) error {
 // PutTx is Put inside the caller's NEW transaction tx. Its change reaches
 // OLD only after tx commits: call Reconcile with the key then, or leave it
 // to the relay (RunRelay), which mirrors what is left after RelayDelay.
+//
+// tx must run at READ COMMITTED, as for DeleteTx; at any other isolation
+// PutTx changes nothing and returns an error wrapping
+// ErrNeedsReadCommitted, and tx is aborted. PutTx takes no copy stripe lock
+// (a copy never overwrites a row, so the two commute), but it waits for
+// the key's mirror lock, which a delete of the key holds until it commits
+// or longer. At REPEATABLE READ its snapshot would predate that wait: it
+// would not see the tombstone the delete committed and would leave it
+// beside the row it writes, a key coldsweep's verify reports as
+// resurrected; and a row committed meanwhile would fail its upsert with a
+// serialization error.
 func (r *Repo[T]) PutTx(ctx context.Context, tx pgx.Tx, key int64, rec T) error {
 	vals, err := r.checkWrite(key, rec)
 	if err != nil {
 		return err
 	}
 	var b writeBatch
+	b.exec(promote.ReadCommittedCheck)
 	r.queueMirrorXactLock(&b, key)
 	b.exec(r.w.upsertSQL, vals...)
 	b.exec(r.w.untombSQL, r.tableID, key)
 	r.queueOutbox(&b, key)
 	if err := tx.SendBatch(ctx, &b.b).Close(); err != nil {
-		return r.newErr(key, err)
+		return r.txErr(key, err)
 	}
 	return nil
 }
 
-// DeleteTx is Delete inside the caller's NEW transaction tx, which must run
-// at READ COMMITTED (Postgres's default). As with PutTx, OLD learns of it
-// after the commit, through Reconcile or the relay. Each call takes its
-// key's locks when it runs, so use one PutTx or DeleteTx per transaction: a
-// transaction holding the locks of one key while waiting for another's can
-// deadlock with other writers (Postgres then aborts one of them).
+// DeleteTx is Delete inside the caller's NEW transaction tx. As with PutTx,
+// OLD learns of it after the commit, through Reconcile or the relay. Each
+// call takes its key's locks when it runs, so use one PutTx or DeleteTx per
+// transaction: a transaction holding the locks of one key while waiting for
+// another's can deadlock with other writers (Postgres then aborts one of
+// them).
+//
+// tx must run at READ COMMITTED: Postgres's default, unless NEW's
+// default_transaction_isolation says otherwise, so begin tx with
+// pgx.TxOptions{IsoLevel: pgx.ReadCommitted} to be sure. At any other
+// isolation DeleteTx changes nothing, takes no lock and returns an error
+// wrapping ErrNeedsReadCommitted, and tx is aborted. At REPEATABLE READ
+// the snapshot, taken by the transaction's first statement, would predate
+// the wait for the key's copy stripe lock: a copy holding it would commit
+// the row, the DELETE would not see it, and the row would stay beside the
+// tombstone: the deleted key would read as found.
 func (r *Repo[T]) DeleteTx(ctx context.Context, tx pgx.Tx, key int64) error {
 	if err := r.writable(key); err != nil {
 		return err
 	}
 	var b writeBatch
+	b.exec(promote.ReadCommittedCheck)
 	r.queueMirrorXactLock(&b, key)
 	r.queueDelete(&b, key)
 	r.queueOutbox(&b, key)
 	if err := tx.SendBatch(ctx, &b.b).Close(); err != nil {
-		return r.newErr(key, err)
+		return r.txErr(key, err)
 	}
 	return nil
+}
+
+// txErr classifies a failed write in a caller's transaction: the
+// transaction's isolation refused, or NEW's failure.
+func (r *Repo[T]) txErr(key int64, err error) error {
+	if ierr := promote.IsolationError(err); ierr != nil {
+		return fmt.Errorf("lazy: write %s key %d: %w", r.cfg.Table, key, ierr)
+	}
+	return r.newErr(key, err)
 }
 
 // writable checks that writes are configured and key is valid.

@@ -69,6 +69,14 @@ var (
 	// database's: NEW refused a row (a constraint, a value too long), or the
 	// Transform failed. Retrying the same rows cannot succeed.
 	ErrRowRejected = errors.New("promote: row rejected")
+	// ErrNeedsReadCommitted wraps the refusal of a writer's transaction
+	// (given to LockKeys, or running LockStatement's statement or
+	// ReadCommittedCheck) that is not at READ COMMITTED isolation. At
+	// REPEATABLE READ or SERIALIZABLE its snapshot is taken by its first
+	// statement, before it waits for a lock, so it misses rows that copies
+	// commit meanwhile: a delete would leave such a row beside its
+	// tombstone, and the deleted key would read as found again.
+	ErrNeedsReadCommitted = errors.New("promote: the transaction must run at READ COMMITTED isolation")
 )
 
 // CopierConfig configures a Copier.

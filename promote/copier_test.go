@@ -309,7 +309,9 @@ func TestCopyWaitsForConcurrentDelete(t *testing.T) {
 func requireCopyWaitsForDelete(t *testing.T, b *testBundle, cp *promote.Copier) {
 	t.Helper()
 	ctx := context.Background()
-	tx, err := b.pair.New.Pool.Begin(ctx)
+	// READ COMMITTED asked for: NEW's default may be another (LockKeys
+	// refuses those).
+	tx, err := b.pair.New.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,12 @@ package promote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strings"
+	"unicode"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -46,8 +49,52 @@ func (l lockSpace) ids(ks []int64) []int64 {
 	return slices.Compact(ids)
 }
 
-// lockSQL takes the listed advisory locks, in the order given.
+// lockSQL takes the listed advisory locks, in the order given. The
+// copier's own transactions, begun at READ COMMITTED, run it.
 const lockSQL = `SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l`
+
+// refusal starts the message of a statement refused by readCommittedSQL;
+// the transaction's isolation follows it.
+const refusal = "lazymigrate: the transaction must be read committed, not "
+
+// readCommittedSQL is an SQL condition that is true in a transaction at
+// READ COMMITTED and, in any other, fails its statement (SQLSTATE 22P02)
+// with a message that starts with refusal. Postgres has no function that
+// raises an error, so the failing cast stands in for one. It reads no
+// column, so a WHERE clause evaluates it once, before any row: a refused
+// statement takes no lock.
+const readCommittedSQL = `CASE current_setting('transaction_isolation') WHEN 'read committed' THEN true
+	ELSE ('` + refusal + `' || current_setting('transaction_isolation'))::boolean END`
+
+// checkedLockSQL is lockSQL for a writer's transaction: refused unless at
+// READ COMMITTED.
+const checkedLockSQL = lockSQL + ` WHERE ` + readCommittedSQL
+
+// ReadCommittedCheck is a statement that does nothing in a transaction at
+// READ COMMITTED and fails in any other, which aborts the transaction and,
+// in a pipelined batch, skips the statements after it; IsolationError
+// recognizes the failure. A writer that sends its statements in a caller's
+// transaction queues it first, so that a refused transaction waits for no
+// lock and changes nothing.
+const ReadCommittedCheck = `SELECT ` + readCommittedSQL
+
+// IsolationError returns, when err is the failure of ReadCommittedCheck or
+// of LockStatement's statement in a transaction not at READ COMMITTED, an
+// error that wraps ErrNeedsReadCommitted and names the transaction's
+// isolation; for any other err, nil.
+func IsolationError(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "22P02" {
+		return nil
+	}
+	_, level, ok := strings.Cut(pgErr.Message, refusal)
+	if !ok {
+		return nil
+	}
+	// The message quotes the text; translations use other quote marks.
+	level = strings.TrimRightFunc(level, func(r rune) bool { return !unicode.IsLetter(r) })
+	return fmt.Errorf("%w (it is %s)", ErrNeedsReadCommitted, level)
+}
 
 // Execer runs a statement; pgx.Tx implements it.
 type Execer interface {
@@ -57,11 +104,14 @@ type Execer interface {
 // LockKeys takes, inside the caller's NEW transaction, the advisory locks
 // that serialize changes of keys with copies of them: a writer that deletes
 // keys calls it first, and copies of those keys wait until its transaction
-// ends. The caller's transaction must run at READ COMMITTED isolation for
-// its later statements to see rows committed while it waited. Call it once
-// per transaction, with every key the transaction will change, before
-// touching them: locks taken by two calls are not in one ascending order,
-// and can deadlock with a copy.
+// ends. The transaction must run at READ COMMITTED (Postgres's default,
+// unless default_transaction_isolation says otherwise), so that its later
+// statements see the rows copies committed while it waited. At any other
+// isolation LockKeys takes no lock and returns an error wrapping
+// ErrNeedsReadCommitted; the transaction is then aborted. Call it once per
+// transaction, with every key the transaction will change, before touching
+// them: locks taken by two calls are not in one ascending order, and can
+// deadlock with a copy.
 func (c *Copier) LockKeys(ctx context.Context, tx Execer, ks []int64) error {
 	if err := keys.CheckAll(ks); err != nil {
 		return fmt.Errorf("promote: lock keys of %s: %w", c.cfg.Table, err)
@@ -69,7 +119,10 @@ func (c *Copier) LockKeys(ctx context.Context, tx Execer, ks []int64) error {
 	if len(ks) == 0 {
 		return nil
 	}
-	if _, err := tx.Exec(ctx, lockSQL, c.locks.ids(ks)); err != nil {
+	if _, err := tx.Exec(ctx, checkedLockSQL, c.locks.ids(ks)); err != nil {
+		if ierr := IsolationError(err); ierr != nil {
+			err = ierr
+		}
 		return fmt.Errorf("promote: lock keys of %s: %w", c.cfg.Table, err)
 	}
 	return nil
@@ -77,7 +130,10 @@ func (c *Copier) LockKeys(ctx context.Context, tx Execer, ks []int64) error {
 
 // LockStatement returns the statement LockKeys runs and its arguments, for
 // writers that send their transaction as one pipelined batch. Keys must be
-// valid (>= 0).
+// valid (>= 0). As in LockKeys, the statement fails, before taking any
+// lock, in a transaction not at READ COMMITTED; IsolationError recognizes
+// that failure. A writer that takes other locks first queues
+// ReadCommittedCheck before them.
 func (c *Copier) LockStatement(ks []int64) (string, []any) {
-	return lockSQL, []any{c.locks.ids(ks)}
+	return checkedLockSQL, []any{c.locks.ids(ks)}
 }

@@ -112,7 +112,7 @@ type Querier interface {
 
 // keyBounds returns [min(key), max(key)+1) of a table, reading only the
 // two ends of the key's index. It fails as inclusiveSpan does.
-func keyBounds(ctx context.Context, q Querier, tableIdent, keyIdent string) (Span, error) {
+func keyBounds(ctx context.Context, q Querier, side, tableIdent, keyIdent string) (Span, error) {
 	var lo, hi *int64
 	sql := fmt.Sprintf(`SELECT min(%s)::bigint, max(%s)::bigint FROM %s`, keyIdent, keyIdent, tableIdent)
 	if err := q.QueryRow(ctx, sql).Scan(&lo, &hi); err != nil {
@@ -121,12 +121,9 @@ func keyBounds(ctx context.Context, q Querier, tableIdent, keyIdent string) (Spa
 	if lo == nil {
 		return Span{}, ErrEmptyTable
 	}
-	if *lo < 0 { // worded for OLD: Verify words it again for NEW
-		return Span{}, fmt.Errorf("coldsweep: OLD's smallest key is %d: %w", *lo, keys.ErrInvalid)
-	}
 	s, err := inclusiveSpan(*lo, *hi)
 	if err != nil {
-		return Span{}, fmt.Errorf("coldsweep: key range of %s: %w", tableIdent, err)
+		return Span{}, fmt.Errorf("coldsweep: key range of %s in %s: %w", tableIdent, side, err)
 	}
 	return s, nil
 }
@@ -135,13 +132,17 @@ func keyBounds(ctx context.Context, q Querier, tableIdent, keyIdent string) (Spa
 // when lo is negative, with an error wrapping keys.ErrInvalid, and when hi
 // is math.MaxInt64: a Span is half-open, so the largest key one can hold
 // is math.MaxInt64-1 (hi+1 would wrap around to math.MinInt64).
+// errUnrangeable marks a key no Span can hold, so that it is not taken for
+// a database failure.
+var errUnrangeable = errors.New("key out of range")
+
 func inclusiveSpan(lo, hi int64) (Span, error) {
 	switch {
 	case lo < 0:
 		return Span{}, fmt.Errorf("smallest key is %d: %w", lo, keys.ErrInvalid)
 	case hi == math.MaxInt64:
-		return Span{}, fmt.Errorf("largest key is %d, past the largest key a half-open range can hold (%d): "+
-			"give a range that ends before it, and handle that key on its own", hi, int64(math.MaxInt64-1))
+		return Span{}, fmt.Errorf("%w: largest key is %d, past the largest key a half-open range can hold (%d): "+
+			"give a range that ends before it, and handle that key on its own", errUnrangeable, hi, int64(math.MaxInt64-1))
 	}
 	return Span{lo, hi + 1}, nil
 }

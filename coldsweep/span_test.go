@@ -80,19 +80,19 @@ func TestKeyBoundsRefusesKeysNoSpanCanHold(t *testing.T) {
 	ctx := context.Background()
 	db := testenv.NewDatabase(t, "bounds")
 	db.Exec(t, `CREATE TABLE t (id bigint PRIMARY KEY)`)
-	if _, err := keyBounds(ctx, db.Pool, "t", "id"); !errors.Is(err, ErrEmptyTable) {
+	if _, err := keyBounds(ctx, db.Pool, "OLD", "t", "id"); !errors.Is(err, ErrEmptyTable) {
 		t.Fatalf("empty table: err = %v, want ErrEmptyTable", err)
 	}
 	db.Exec(t, `INSERT INTO t VALUES (3), (9)`)
-	if s, err := keyBounds(ctx, db.Pool, "t", "id"); err != nil || s != (Span{3, 10}) {
+	if s, err := keyBounds(ctx, db.Pool, "OLD", "t", "id"); err != nil || s != (Span{3, 10}) {
 		t.Fatalf("keys 3 and 9: keyBounds = %v, %v; want [3, 10)", s, err)
 	}
 	db.Exec(t, `INSERT INTO t VALUES (9223372036854775807)`)
-	if s, err := keyBounds(ctx, db.Pool, "t", "id"); err == nil || !strings.Contains(err.Error(), "9223372036854775806") {
+	if s, err := keyBounds(ctx, db.Pool, "OLD", "t", "id"); err == nil || !strings.Contains(err.Error(), "9223372036854775806") {
 		t.Fatalf("key MaxInt64: keyBounds = %v, %v; want an error naming the largest key a range can hold", s, err)
 	}
 	db.Exec(t, `INSERT INTO t VALUES (-1)`)
-	if s, err := keyBounds(ctx, db.Pool, "t", "id"); !errors.Is(err, keys.ErrInvalid) {
+	if s, err := keyBounds(ctx, db.Pool, "OLD", "t", "id"); !errors.Is(err, keys.ErrInvalid) {
 		t.Fatalf("key -1: keyBounds = %v, %v; want keys.ErrInvalid", s, err)
 	}
 }

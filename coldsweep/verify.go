@@ -356,23 +356,22 @@ func (v *verifier) span(ctx context.Context) (Span, error) {
 	var oldSpan, newSpan Span
 	err := v.onBoth(ctx,
 		func(ctx context.Context) (err error) {
-			oldSpan, err = keyBounds(ctx, v.old, v.oldIdent, v.keyIdent)
+			oldSpan, err = keyBounds(ctx, v.old, "OLD", v.oldIdent, v.keyIdent)
 			switch {
 			case errors.Is(err, ErrEmptyTable):
 				return nil
-			case errors.Is(err, keys.ErrInvalid):
-				return err // it says OLD
+			case errors.Is(err, keys.ErrInvalid), errors.Is(err, errUnrangeable):
+				return err // the keys', not the database's fault; it says OLD
 			}
 			return sideError(ctx, "OLD", err)
 		},
 		func(ctx context.Context) (err error) {
-			newSpan, err = keyBounds(ctx, v.new, v.newIdent, v.keyIdent)
+			newSpan, err = keyBounds(ctx, v.new, "NEW", v.newIdent, v.keyIdent)
 			switch {
 			case errors.Is(err, ErrEmptyTable):
 				return nil
-			case errors.Is(err, keys.ErrInvalid):
-				// keyBounds words its error for OLD.
-				return fmt.Errorf("NEW holds keys below 0: %w", keys.ErrInvalid)
+			case errors.Is(err, keys.ErrInvalid), errors.Is(err, errUnrangeable):
+				return err
 			}
 			return sideError(ctx, "NEW", err)
 		})

@@ -591,3 +591,15 @@ func rawCopyOf(ctx context.Context, from, to *pgxpool.Pool, source, table string
 	}
 	return tag.RowsAffected(), err
 }
+
+// A key no range can hold is the data's fault, not an outage: the error
+// names it and does not say the database is unavailable.
+func TestVerifyRefusesKeyNoRangeCanHold(t *testing.T) {
+	t.Parallel()
+	p := setupVerify(t, 3)
+	p.Old.Exec(t, `INSERT INTO accounts SELECT 9223372036854775807, email, name, balance_cents, status, created_at, updated_at FROM accounts WHERE id = 1`)
+	_, err := coldsweep.Verify(context.Background(), p.Old.Pool, p.New.Pool, &coldsweep.VerifyConfig{Table: "accounts"})
+	if err == nil || errors.Is(err, promote.ErrOldUnavailable) || !strings.Contains(err.Error(), "in OLD: key out of range: largest key is 9223372036854775807") {
+		t.Fatalf("err = %v, want the key named, not OLD unavailable", err)
+	}
+}

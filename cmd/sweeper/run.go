@@ -82,7 +82,7 @@ func cmdRun(ctx context.Context, c *cli, args []string) (int, error) {
 	c.stringFlag(&f.lagQuery, "lag-query", coldsweep.DefaultLagQuery, "`SQL` returning the replication lag in seconds, run on both sides")
 	c.fs.Float64Var(&f.nice, "nice", 0, "after each chunk a worker rests `ratio` times the chunk's duration (1 halves the load)")
 	c.fs.DurationVar(&f.checkEvery, "check-interval", time.Second, "how often latency, lag and the pause flag are read")
-	c.fs.DurationVar(&f.stopTimeout, "stop-timeout", time.Minute, "after SIGINT or SIGTERM, how long the chunks in flight may take to finish")
+	c.fs.DurationVar(&f.stopTimeout, "stop-timeout", time.Minute, "after SIGINT, SIGTERM or a fatal error, how long the chunks in flight may take to finish")
 	c.stringFlag(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`address`/metrics while running (e.g. :9400)")
 	c.stringFlag(&f.pushgateway, "pushgateway", "", "push the metrics to the Pushgateway at `URL` (job lazymigrate_sweeper, grouped by table and shard) every --push-interval and at the end")
 	c.fs.DurationVar(&f.pushInterval, "push-interval", 30*time.Second, "time between two pushes to --pushgateway")

@@ -296,7 +296,7 @@ func (r *Repo[T]) txErr(key int64, err error) error {
 	if ierr := promote.IsolationError(err); ierr != nil {
 		return fmt.Errorf("lazy: write %s key %d: %w", r.cfg.Table, key, ierr)
 	}
-	return r.newErr(key, err)
+	return r.writeErr(key, err)
 }
 
 // writable checks that writes are configured and key is valid.

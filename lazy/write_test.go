@@ -708,3 +708,24 @@ func peoplePair(t *testing.T) (*testenv.Pair, *promote.Copier) {
 	}
 	return p, cp
 }
+
+// A row NEW refuses in a caller's transaction is the data's fault: PutTx
+// must not report it as NEW being unavailable.
+func TestPutTxDataErrorIsNotAnOutage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	b.pair.New.Exec(t, `ALTER TABLE accounts ADD CONSTRAINT positive CHECK (balance_cents >= 0)`)
+	repo := writeRepo(t, b, lazy.Config[Account]{})
+	tx, err := b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	a := account(11, "negative")
+	a.BalanceCents = -1
+	err = repo.PutTx(ctx, tx, 11, a)
+	if err == nil || errors.Is(err, lazy.ErrNewUnavailable) {
+		t.Fatalf("PutTx of a row NEW refuses: err = %v, want a data error, not ErrNewUnavailable", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,6 +20,85 @@ const progressTTL = 30 * 24 * time.Hour
 func progressKey(prefix, table string) string { return prefix + ":sweep:" + table }
 
 func pauseKey(prefix, table string) string { return prefix + ":sweep:" + table + ":paused" }
+
+// layoutKey records the chunk size and shard count a table's sweep runs
+// with: shards own chunk numbers mod n, so shards of one sweep must agree
+// on both, or some keys belong to no shard.
+func layoutKey(prefix, table string) string { return prefix + ":sweep:" + table + ":layout" }
+
+// ErrLayoutChanged is returned by Run for a shard whose chunk size or shard
+// count differs from the unfinished sweep's recorded in Redis: with shards
+// of two layouts, some keys belong to no shard, and every shard would report
+// done over a range that is not. Finish the sweep with the same Chunk and
+// Shard.N, or run one unsharded sweep, which covers the whole range whatever
+// came before.
+var ErrLayoutChanged = errors.New("coldsweep: this shard's chunk size or shard count differs from the unfinished sweep's")
+
+// claimLayout records the sweep's layout, refusing a sharded run whose
+// layout differs from an earlier sweep's that has not covered its range. An
+// unsharded run covers the whole range, so it may always change the layout;
+// so may any run once every shard of the earlier layout has finished.
+func (s *Sweeper) claimLayout(ctx context.Context) error {
+	rdb := s.cfg.Redis
+	if rdb == nil {
+		return nil
+	}
+	n := max(s.cfg.Shard.N, 1)
+	want := fmt.Sprintf("chunk=%d shards=%d", s.cfg.Chunk, n)
+	key := layoutKey(s.cfg.Prefix, s.table)
+	got, err := rdb.Get(ctx, key).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+	case err != nil:
+		return fmt.Errorf("coldsweep: read the layout of %s's sweep: %w", s.table, err)
+	case got == want:
+		return nil
+	case n > 1:
+		ps, err := LoadProgress(ctx, rdb, s.cfg.Prefix, s.table)
+		if err != nil {
+			return err
+		}
+		if left := unfinishedShards(ps); left != "" {
+			return fmt.Errorf("%w: the sweep of %s runs with %s, this shard with %s, and %s: run every shard with the same chunk size and shard count, or one unsharded sweep",
+				ErrLayoutChanged, s.table, got, want, left)
+		}
+	}
+	if got != "" && got != want {
+		// The earlier layout's progress would read as this one's.
+		if err := rdb.Del(ctx, progressKey(s.cfg.Prefix, s.table)).Err(); err != nil {
+			return fmt.Errorf("coldsweep: clear the progress of %s's earlier sweep: %w", s.table, err)
+		}
+	}
+	if err := rdb.Set(ctx, key, want, progressTTL).Err(); err != nil {
+		return fmt.Errorf("coldsweep: record the layout of %s's sweep: %w", s.table, err)
+	}
+	return nil
+}
+
+// unfinishedShards says which shards of the recorded sweep have not swept
+// all their chunks ("" when every one of its n shards has).
+func unfinishedShards(ps []Progress) string {
+	n := int64(0)
+	done := map[int64]bool{}
+	for _, p := range ps {
+		sh, err := ParseShard(p.Shard)
+		if err != nil {
+			continue
+		}
+		n = max(n, sh.N)
+		done[sh.I] = done[sh.I] || (p.ChunksDone >= p.Chunks && p.ChunksFailed == 0)
+	}
+	var left []string
+	for i := range n {
+		if !done[i] {
+			left = append(left, fmt.Sprintf("%d/%d", i, n))
+		}
+	}
+	if len(left) == 0 {
+		return ""
+	}
+	return "shards " + strings.Join(left, ", ") + " have not finished"
+}
 
 func saveProgress(ctx context.Context, rdb redis.UniversalClient, prefix string, p Progress) error {
 	if rdb == nil {

@@ -258,6 +258,9 @@ func (s *Sweeper) Run(ctx context.Context) (*Summary, error) {
 			}
 		}
 	}
+	if err := s.claimLayout(ctx); err != nil {
+		return nil, err
+	}
 	r := &run{
 		Sweeper: s,
 		span:    span,
@@ -408,7 +411,10 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 	)
 	paid := false // the rate limiter is paid once per chunk, not per attempt
 	for attempt := 0; ; attempt++ {
-		res, outcome, err = r.copyChunk(hard, ch, &paid)
+		res, outcome, err = r.copyChunk(work, hard, ch, &paid)
+		if errors.Is(err, errStopping) {
+			return nil // stopped before it began: unsettled, for the next run
+		}
 		if err == nil || permanent(err) || attempt >= r.cfg.Retries || hard.Err() != nil {
 			break
 		}
@@ -470,8 +476,10 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 // are few, or the whole range. The chunk is then marked whole, keys absent
 // from OLD included, so that a finished range counts as done. Unless *paid,
 // it first takes the unsettled keys from the rate limiter, and sets *paid:
-// a chunk tried again is not charged again.
-func (r *run) copyChunk(ctx context.Context, ch Span, paid *bool) (promote.Result, string, error) {
+// a chunk tried again is not charged again. A chunk still waiting for the
+// rate limiter when work ends returns errStopping: only chunks under way
+// are finished after a stop.
+func (r *run) copyChunk(work, ctx context.Context, ch Span, paid *bool) (promote.Result, string, error) {
 	left, err := r.cfg.Tracker.Unsettled(ctx, ch.Lo, ch.Hi)
 	if err != nil {
 		return promote.Result{}, "", fmt.Errorf("ask tracker: %w", err)
@@ -480,8 +488,8 @@ func (r *run) copyChunk(ctx context.Context, ch Span, paid *bool) (promote.Resul
 		return promote.Result{}, "settled", nil
 	}
 	if !*paid {
-		if err := r.wait(ctx, len(left)); err != nil {
-			return promote.Result{}, "", err
+		if err := r.wait(work, len(left)); err != nil {
+			return promote.Result{}, "", errStopping
 		}
 		*paid = true
 	}
@@ -501,6 +509,9 @@ func (r *run) copyChunk(ctx context.Context, ch Span, paid *bool) (promote.Resul
 	}
 	return res, outcome, nil
 }
+
+// errStopping ends a chunk that had not begun when the sweep was stopped.
+var errStopping = errors.New("coldsweep: stopping")
 
 // permanent reports whether trying a chunk again cannot help: the rows are
 // refused, the tracker's layout differs, or Postgres refuses the statement

@@ -784,3 +784,64 @@ func TestSweepThrottleHoldsOnLagQueryTimeout(t *testing.T) {
 		t.Fatalf("Run = %+v, %v; want ErrInterrupted by the cancel, with nothing done", sum.Progress, err)
 	}
 }
+
+// Shards own chunk numbers mod n: a shard with another chunk size than the
+// unfinished sweep's would leave keys no shard owns, while every shard
+// reported done. It is refused; an unsharded run, which covers the whole
+// range, is not.
+func TestSweepRefusesShardOfAnotherLayout(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupSweep(t, 2000)
+	b.sweep(t, coldsweep.Config{Chunk: 100, Shard: coldsweep.Shard{I: 0, N: 2}})
+
+	s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 200, Shard: coldsweep.Shard{I: 1, N: 2}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx); !errors.Is(err, coldsweep.ErrLayoutChanged) || !strings.Contains(err.Error(), "shards 1/2 have not finished") {
+		t.Fatalf("shard 1/2 with another chunk size: err = %v, want ErrLayoutChanged naming shard 1/2", err)
+	}
+	b.sweep(t, coldsweep.Config{Chunk: 100, Shard: coldsweep.Shard{I: 1, N: 2}})
+	b.requireComplete(t, coldsweep.Span{Lo: 1, Hi: 2001})
+
+	// Once the sweep is done, or for an unsharded run, the layout may change.
+	b.sweep(t, coldsweep.Config{Chunk: 300, Shard: coldsweep.Shard{I: 0, N: 3}})
+	b.sweep(t, coldsweep.Config{Chunk: 700})
+}
+
+// A stop reaches chunks that only wait for the rate limiter at once: they
+// have not begun, so they are left for the next run, not copied first.
+func TestSweepStopsChunksWaitingForRateLimit(t *testing.T) {
+	t.Parallel()
+	b := setupSweep(t, 3000)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 500, Workers: 3, Rate: 500, StopTimeout: time.Hour,
+		ProgressInterval: 5 * time.Millisecond,
+		Progress: func(p coldsweep.Progress) {
+			if p.ChunksDone >= 1 {
+				cancel()
+			}
+		}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		sum *coldsweep.Summary
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { sum, err := s.Run(ctx); done <- result{sum, err} }()
+	select {
+	case r := <-done:
+		if !errors.Is(r.err, coldsweep.ErrInterrupted) {
+			t.Fatalf("Run = %v, want ErrInterrupted", r.err)
+		}
+		if r.sum.ChunksDone > 2 {
+			t.Fatalf("%d chunks done: chunks waiting for the limiter were copied after the stop", r.sum.ChunksDone)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return within 30 s of the stop: chunks waiting for the rate limiter held it (StopTimeout is an hour)")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -61,13 +62,24 @@ type pusher struct {
 // table and shard, so that each shard of each table's sweep has its own
 // group. Pushes add to the group (POST): a metric pushed only on success,
 // like the last success time, survives the pushes of later failed runs.
-func (c *cli) startPusher(url, table, shard string, reg prometheus.Gatherer, every time.Duration) *pusher {
+// gateway is the URL --pushgateway checked; its user information, if any,
+// is sent as basic auth.
+func (c *cli) startPusher(gateway *url.URL, table, shard string, reg prometheus.Gatherer, every time.Duration) *pusher {
+	// client_golang's push errors quote the URL it was given: without the
+	// user information, the password stays out of the log.
+	u := *gateway
+	u.User = nil
+	// The grouping labels are attached by the Pushgateway; the metrics'
+	// own table label would collide with them.
+	pp := push.New(u.String(), pushJob).Grouping("table", table).Grouping("shard", shard).
+		Gatherer(withoutLabel{reg, "table"})
+	if gateway.User != nil {
+		pass, _ := gateway.User.Password()
+		pp = pp.BasicAuth(gateway.User.Username(), pass)
+	}
 	p := &pusher{
-		c: c,
-		// The grouping labels are attached by the Pushgateway; the
-		// metrics' own table label would collide with them.
-		p: push.New(url, pushJob).Grouping("table", table).Grouping("shard", shard).
-			Gatherer(withoutLabel{reg, "table"}),
+		c:    c,
+		p:    pp,
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}

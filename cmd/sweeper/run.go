@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/lazymigrate/lazymigrate/coldsweep"
+	"github.com/lazymigrate/lazymigrate/internal/connect"
 	"github.com/lazymigrate/lazymigrate/internal/metrics"
 	"github.com/lazymigrate/lazymigrate/promote"
 	"github.com/lazymigrate/lazymigrate/tracker"
@@ -58,6 +59,7 @@ type runFlags struct {
 	stopTimeout  time.Duration
 	metricsAddr  string
 	pushgateway  string
+	pushURL      *url.URL // pushgateway, parsed by check
 	pushInterval time.Duration
 	json         bool
 }
@@ -181,7 +183,7 @@ func cmdRun(ctx context.Context, c *cli, args []string) (int, error) {
 
 	var push *pusher
 	if f.pushgateway != "" {
-		push = c.startPusher(f.pushgateway, f.table, f.sh.String(), reg, f.pushInterval)
+		push = c.startPusher(f.pushURL, f.table, f.sh.String(), reg, f.pushInterval)
 	}
 
 	stopWatch := context.AfterFunc(ctx, func() {
@@ -260,8 +262,9 @@ func (f *runFlags) check(c *cli) error {
 	if f.pushgateway != "" {
 		u, err := url.Parse(f.pushgateway)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return flagError("pushgateway", f.pushgateway, "want the Pushgateway's http:// or https:// URL")
+			return flagError("pushgateway", connect.RedactURL(f.pushgateway), "want the Pushgateway's http:// or https:// URL")
 		}
+		f.pushURL = u
 	}
 	return f.progressFlags.check(c)
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -35,7 +36,11 @@ func RedisOptions(addr string) (*redis.UniversalOptions, error) {
 	if strings.Contains(addr, "://") {
 		o, err := redis.ParseURL(addr)
 		if err != nil {
-			return nil, fmt.Errorf("Redis address %q: %w", addr, err)
+			// url.Parse's error quotes the whole URL, password included.
+			if ue := (*url.Error)(nil); errors.As(err, &ue) {
+				err = ue.Err
+			}
+			return nil, fmt.Errorf("Redis address %q: %w", RedactURL(addr), err)
 		}
 		return &redis.UniversalOptions{
 			Addrs: []string{o.Addr}, DB: o.DB, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig,
@@ -45,7 +50,7 @@ func RedisOptions(addr string) (*redis.UniversalOptions, error) {
 	for i, a := range addrs {
 		addrs[i] = strings.TrimSpace(a)
 		if !strings.Contains(addrs[i], ":") {
-			return nil, fmt.Errorf("Redis address %q: want host:port, a redis:// URL, or host:port,host:port for a cluster", addr)
+			return nil, fmt.Errorf("Redis address %q: want host:port, a redis:// URL, or host:port,host:port for a cluster", RedactURL(addr))
 		}
 	}
 	o := &redis.UniversalOptions{Addrs: addrs}
@@ -53,6 +58,25 @@ func RedisOptions(addr string) (*redis.UniversalOptions, error) {
 		o.IsClusterMode = true
 	}
 	return o, nil
+}
+
+// RedactURL returns rawURL fit for a log or an error: a URL's password
+// replaced by "xxxxx", as url.URL.Redacted does. When rawURL does not parse
+// as a URL with user information, yet holds an '@', all before its last
+// '@' but the scheme is replaced, so that no password is kept.
+func RedactURL(rawURL string) string {
+	at := strings.LastIndex(rawURL, "@")
+	if at < 0 {
+		return rawURL
+	}
+	if u, err := url.Parse(rawURL); err == nil && u.User != nil && u.Opaque == "" {
+		return u.Redacted()
+	}
+	scheme, _, found := strings.Cut(rawURL[:at], "://")
+	if !found {
+		return "xxxxx" + rawURL[at:]
+	}
+	return scheme + "://xxxxx" + rawURL[at:]
 }
 
 // Redis connects to addr (see RedisOptions) and pings it.

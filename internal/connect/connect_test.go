@@ -49,3 +49,27 @@ func TestUnreachableServersFailWithOneLine(t *testing.T) {
 		t.Fatalf("bad DSN: err = %v", err)
 	}
 }
+
+// A Redis address that cannot be used is named in the error without its
+// password: errors end up in CI logs and journald.
+func TestRedisAddressErrorsHideThePassword(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cretpw"
+	for addr, want := range map[string]string{
+		// redis.ParseURL refuses the database.
+		"redis://:" + secret + "@127.0.0.1:6379/notadb": `Redis address "redis://:xxxxx@127.0.0.1:6379/notadb": redis: invalid database number`,
+		// url.Parse refuses the port; its error quotes the whole URL.
+		"redis://user:" + secret + "@127.0.0.1:port/0": `Redis address "redis://xxxxx@127.0.0.1:port/0": invalid port`,
+		"rediss://user:" + secret + "%zz@h:1": `Redis address "rediss://xxxxx@h:1": invalid URL escape`,
+		// Not a URL, not host:port.
+		secret + "@localhost": `Redis address "xxxxx@localhost": want host:port`,
+	} {
+		_, err := RedisOptions(addr)
+		if err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), want) {
+			t.Errorf("RedisOptions(%q): err = %v, want %q and no password", addr, err, want)
+		}
+	}
+	if got, want := RedactURL("http://admin:"+secret+"@pg:9091/x"), "http://admin:xxxxx@pg:9091/x"; got != want {
+		t.Errorf("RedactURL = %q, want %q", got, want)
+	}
+}

@@ -79,9 +79,20 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--table", "accounts", "--chunk", "0"}, "run: --chunk 0: must be between 1 and 131072"},
 		{[]string{"run", "--table", "accounts", "--chunk", "-3"}, "run: --chunk -3: must be between 1 and 131072"},
 		{[]string{"run", "--table", "accounts", "--chunk", "200000"}, "run: --chunk 200000: must be between 1 and 131072"},
-		{[]string{"run", "--table", "accounts", "--workers", "0"}, "run: --workers 0: must be at least 1"},
-		{[]string{"run", "--table", "accounts", "--rate", "-5"}, "run: --rate -5: must not be negative"},
-		{[]string{"run", "--table", "accounts", "--nice", "-1"}, "run: --nice -1: must not be negative"},
+		{[]string{"run", "--table", "accounts", "--workers", "0"}, "run: --workers 0: must be between 1 and 1024"},
+		// int32(workers) sizes the pools.
+		{[]string{"run", "--table", "accounts", "--workers", "3000000000"}, "run: --workers 3000000000: must be between 1 and 1024"},
+		{[]string{"run", "--table", "accounts", "--rate", "-5"}, "run: --rate -5: must be a number >= 0 (0 means no limit)"},
+		// The rate limiter takes NaN for no limit at all.
+		{[]string{"run", "--table", "accounts", "--rate", "NaN"}, "run: --rate NaN: must be a number >= 0"},
+		{[]string{"run", "--table", "accounts", "--rate", "Inf"}, "run: --rate +Inf: must be a number >= 0"},
+		{[]string{"run", "--table", "accounts", "--nice", "-1"}, "run: --nice -1: must be between 0 and 1000"},
+		{[]string{"run", "--table", "accounts", "--nice", "NaN"}, "run: --nice NaN: must be between 0 and 1000"},
+		// time.Duration(1e300 * took) overflows: no rest at all.
+		{[]string{"run", "--table", "accounts", "--nice", "1e300"}, "run: --nice 1e+300: must be between 0 and 1000"},
+		// run saves its progress to Redis every --interval.
+		{[]string{"run", "--table", "accounts", "--interval", "1ns"}, "run: --interval 1ns: must be at least 100ms"},
+		{[]string{"run", "--table", "accounts", "--interval", "-1s"}, "run: --interval -1s: must be at least 100ms"},
 		{[]string{"run", "--table", "accounts", "--max-lag", "-1s"}, "run: --max-lag -1s: must not be negative"},
 		{[]string{"run", "--table", "accounts", "--shard", "3/2"}, `run: --shard "3/2": want i/n with 0 <= i < n`},
 		{[]string{"run", "--table", "accounts", "--shard", "half"}, `run: --shard "half": want i/n with 0 <= i < n`},
@@ -94,6 +105,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--table", "accounts", "--pushgateway", "pushgw:9091"}, `run: --pushgateway "pushgw:9091": want the Pushgateway's http:// or https:// URL`},
 		{[]string{"verify", "--table", "accounts", "--max-listed", "0"}, "verify: --max-listed 0: must be at least 1"},
 		{[]string{"verify", "--table", "accounts", "--chunk", "0"}, "verify: --chunk 0: must be at least 1"},
+		{[]string{"verify", "--table", "accounts", "--workers", "5000"}, "verify: --workers 5000: must be between 1 and 1024"},
 		{[]string{"verify", "--table", "accounts", "--shard", "2/2"}, `verify: --shard "2/2": want i/n`},
 		{[]string{"verify", "--table", "accounts", "--columns", "name,,email"}, `verify: --columns "name,,email": an empty column name`},
 		{[]string{"status", "--table", "accounts", "--cells", "0"}, "status: --cells 0: must be between 1 and 1024"},
@@ -105,6 +117,31 @@ func TestUsageErrors(t *testing.T) {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			wantOneLineError(t, sweeper(t, tc.args...), tc.want)
 		})
+	}
+}
+
+// Secrets given on the command line stay out of stderr (CI logs,
+// journald): a redis:// URL that cannot be used, a --pushgateway URL that
+// is not one, are named without their password.
+func TestFlagErrorsHidePasswords(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cretpw"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"pause", "--table", "accounts", "--redis", "redis://:" + secret + "@127.0.0.1:6379/notadb"},
+			`pause: Redis address "redis://:xxxxx@127.0.0.1:6379/notadb": redis: invalid database number`},
+		{[]string{"pause", "--table", "accounts", "--redis", "redis://u:" + secret + "@127.0.0.1:port"},
+			`pause: Redis address "redis://xxxxx@127.0.0.1:port": invalid port`},
+		{[]string{"run", "--table", "accounts", "--pushgateway", "htp://admin:" + secret + "@pg:9091"},
+			`run: --pushgateway "htp://admin:xxxxx@pg:9091": want the Pushgateway's http:// or https:// URL`},
+	} {
+		r := sweeper(t, tc.args...)
+		wantOneLineError(t, r, tc.want)
+		if strings.Contains(r.stderr, secret) {
+			t.Errorf("%s: the password is printed:\n%s", tc.args[0], r.stderr)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // console is stderr, shared by the logger and the progress display. On a
@@ -19,6 +20,9 @@ type console struct {
 	w   io.Writer
 	tty bool
 	bar string // the bar on screen, "" when none
+	// cols is the terminal's width; 0 asks the terminal at each redraw,
+	// as the window may be resized (see columns).
+	cols int
 }
 
 func newConsole(w io.Writer) *console {
@@ -54,8 +58,44 @@ func (c *console) Write(p []byte) (int, error) {
 // line prints one line of progress, above the bar if there is one.
 func (c *console) line(s string) { _, _ = c.Write([]byte(s + "\n")) }
 
-// setBar draws s in place of the bar.
+// defaultColumns is the width assumed when the terminal's is unknown.
+const defaultColumns = 80
+
+// columns returns the terminal's width: the window's, else $COLUMNS, else
+// 80 columns.
+func (c *console) columns() int {
+	if c.cols > 0 {
+		return c.cols
+	}
+	if n, ok := terminalColumns(c.w); ok {
+		return n
+	}
+	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
+		return n
+	}
+	return defaultColumns
+}
+
+// barWidth is the most a bar may take of a terminal cols wide: all but the
+// last column, as a line that fills the row leaves some terminals on the
+// next one.
+func barWidth(cols int) int { return max(cols-1, 1) }
+
+// fitLine cuts s to at most width columns, ending it with "…" when cut.
+// Each rune takes a column: the progress is ASCII and block elements.
+func fitLine(s string, width int) string {
+	if utf8.RuneCountInString(s) <= width {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:max(width-1, 0)]) + "…"
+}
+
+// setBar draws s in place of the bar. "\r\x1b[K" clears only the row the
+// cursor is on, so s is cut to the terminal's width: a bar that wrapped
+// would leave its head on screen at each redraw.
 func (c *console) setBar(s string) {
+	s = fitLine(s, barWidth(c.columns()))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	_, _ = io.WriteString(c.w, clearLine+s)
@@ -80,6 +120,10 @@ const (
 	progressAuto  = "auto"
 )
 
+// minInterval is the shortest --interval: run also saves its progress to
+// Redis every --interval (at most every second).
+const minInterval = 100 * time.Millisecond
+
 // progressFlags choose how progress is shown on stderr.
 type progressFlags struct {
 	mode  string
@@ -88,7 +132,7 @@ type progressFlags struct {
 
 func (c *cli) progressFlags(p *progressFlags) {
 	c.stringFlag(&p.mode, "progress", progressAuto, "progress on stderr: `mode` bar (redrawn in place), plain (a line per --interval), none, or auto (bar on a terminal, else plain)")
-	c.fs.DurationVar(&p.every, "interval", 0, "time between two progress lines (default 10s; the bar is redrawn every second)")
+	c.fs.DurationVar(&p.every, "interval", 0, "time between two progress lines, at least 100ms (default 10s; the bar is redrawn every second)")
 }
 
 // check resolves the mode: auto by the terminal, none under --quiet.
@@ -98,8 +142,8 @@ func (p *progressFlags) check(c *cli) error {
 	default:
 		return flagError("progress", p.mode, "want auto, bar, plain or none")
 	}
-	if p.every < 0 {
-		return flagError("interval", p.every, "must not be negative")
+	if p.every != 0 && p.every < minInterval {
+		return flagError("interval", p.every, "must be at least %v", minInterval)
 	}
 	switch {
 	case c.quiet:

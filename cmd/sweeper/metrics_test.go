@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"strings"
 	"sync"
@@ -41,10 +42,11 @@ func scrape(t *testing.T, url string) string {
 func TestPauseAndMetrics(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 5_000)
-	if r := b.sweeper(t, "pause"); r.code != 0 || !strings.Contains(r.stdout, "paused the sweep of accounts") {
+	// No sweep has reported yet: --force.
+	if r := b.sweeper(t, "pause", "--force"); r.code != 0 || !strings.Contains(r.stdout, "paused the sweep of accounts") {
 		t.Fatalf("pause: %v", r)
 	}
-	stderr, wait := background(b.args("run", "--metrics-addr", "127.0.0.1:0", "--interval", "50ms", "--json")...)
+	stderr, wait := background(b.args("run", "--metrics-addr", "127.0.0.1:0", "--interval", "100ms", "--json")...)
 	var url string
 	testenv.Eventually(t, 30*time.Second, "the metrics URL in the log", func() bool {
 		m := regexp.MustCompile(`url=(http://\S+/metrics)`).FindStringSubmatch(stderr.String())
@@ -130,7 +132,7 @@ func TestPushgateway(t *testing.T) {
 	t.Parallel()
 	pg := newPushgateway(t)
 	b := setup(t, 3_000)
-	if r := b.sweeper(t, "pause"); r.code != 0 {
+	if r := b.sweeper(t, "pause", "--force"); r.code != 0 {
 		t.Fatalf("pause: %v", r)
 	}
 	stderr, wait := background(b.args("run", "--pushgateway", pg.URL, "--push-interval", "20ms", "--shard", "0/1", "--quiet")...)
@@ -165,5 +167,46 @@ func TestPushgateway(t *testing.T) {
 	}
 	if strings.Contains(string(pushes[0].body), "lazymigrate_sweep_last_success_timestamp_seconds") {
 		t.Errorf("a push before the end has a last success time")
+	}
+}
+
+// A Pushgateway behind basic auth is given as http://user:pass@host. The
+// credentials go as basic auth, and the warning logged when a push fails
+// (client_golang's error quotes the URL) does not hold the password.
+func TestPushErrorsHideThePassword(t *testing.T) {
+	t.Parallel()
+	const secret = "s3cretpw"
+	var (
+		mu    sync.Mutex
+		auths []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, pass, _ := r.BasicAuth()
+		mu.Lock()
+		auths = append(auths, user+":"+pass)
+		mu.Unlock()
+		http.Error(w, "bad gateway", http.StatusBadGateway)
+	}))
+	t.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword("admin", secret)
+	b := setup(t, 500)
+	r := b.sweeper(t, "run", "--pushgateway", u.String(), "--progress", "none")
+	if r.code != 0 {
+		t.Fatalf("run: %v", r)
+	}
+	if !strings.Contains(r.stderr, "cannot push") || !strings.Contains(r.stderr, "while pushing to http://"+u.Host+"/metrics/job/") {
+		t.Fatalf("no push warning naming the Pushgateway: %v", r)
+	}
+	if strings.Contains(r.stderr, secret) {
+		t.Errorf("the Pushgateway password is logged:\n%s", r.stderr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(auths) == 0 || auths[0] != "admin:"+secret {
+		t.Errorf("pushes sent basic auth %q, want admin:%s", auths, secret)
 	}
 }

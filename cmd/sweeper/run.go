@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"strconv"
 	"time"
@@ -160,7 +161,7 @@ func cmdRun(ctx context.Context, c *cli, args []string) (int, error) {
 		span = coldsweep.Span{}
 	}
 
-	rep := newSweepReporter(c, f.progressFlags, f.chunk)
+	rep := newSweepReporter(c, f.progressFlags)
 	cfg := &coldsweep.Config{
 		Copier: cp, Tracker: tr, Redis: rdb, Prefix: f.prefix,
 		Range: span, Chunk: f.chunk, Workers: f.workers, Shard: f.sh, Rate: f.rate,
@@ -222,6 +223,15 @@ func cmdRun(ctx context.Context, c *cli, args []string) (int, error) {
 	return code, err
 }
 
+// Bounds of run's flags beyond which the values make no sense.
+const (
+	// maxWorkers keeps the pools' size, workers plus a few, an int32.
+	maxWorkers = 1024
+	// maxNice keeps a worker's rest, nice times a chunk's duration, far
+	// from overflowing a time.Duration.
+	maxNice = 1000
+)
+
 func (f *runFlags) check(c *cli) error {
 	if err := f.tableFlags.check(); err != nil {
 		return err
@@ -232,12 +242,12 @@ func (f *runFlags) check(c *cli) error {
 	switch {
 	case f.chunk < 1 || f.chunk > promote.MaxRangeKeys:
 		return flagError("chunk", f.chunk, "must be between 1 and %d", promote.MaxRangeKeys)
-	case f.workers < 1:
-		return flagError("workers", f.workers, "must be at least 1")
-	case f.rate < 0:
-		return flagError("rate", f.rate, "must not be negative (0 means no limit)")
-	case f.nice < 0:
-		return flagError("nice", f.nice, "must not be negative")
+	case f.workers < 1 || f.workers > maxWorkers:
+		return flagError("workers", f.workers, "must be between 1 and %d", maxWorkers)
+	case math.IsNaN(f.rate) || math.IsInf(f.rate, 0) || f.rate < 0:
+		return flagError("rate", f.rate, "must be a number >= 0 (0 means no limit)")
+	case math.IsNaN(f.nice) || f.nice < 0 || f.nice > maxNice:
+		return flagError("nice", f.nice, "must be between 0 and %d", maxNice)
 	case f.maxLatency < 0:
 		return flagError("max-latency", f.maxLatency, "must not be negative (0 turns it off)")
 	case f.maxLag < 0:
@@ -316,15 +326,27 @@ func newTracker(ctx context.Context, rdb redis.UniversalClient, table, prefix st
 	if err != nil {
 		return nil, err
 	}
-	key := prefix + ":tracker:" + table + ":segment_bits"
-	got, err := rdb.Get(ctx, key).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-	case err != nil:
-		return nil, fmt.Errorf("read %s from Redis: %w", key, err)
-	case got != strconv.FormatUint(uint64(bits), 10):
+	got, ok, err := trackerLayout(ctx, rdb, table, prefix)
+	if err != nil {
+		return nil, err
+	}
+	if ok && got != strconv.FormatUint(uint64(bits), 10) {
 		return nil, fmt.Errorf("--segment-bits %d: the tracker of %s in Redis was written with %s (give --segment-bits %s, as the application's tracker.Config.SegmentBits)",
 			bits, table, got, got)
 	}
 	return tr, nil
+}
+
+// trackerLayout returns the segment bits the table's bitmap was written
+// with, as its layout key records them; ok is false when none is recorded.
+func trackerLayout(ctx context.Context, rdb redis.UniversalClient, table, prefix string) (bits string, ok bool, err error) {
+	key := prefix + ":tracker:" + table + ":segment_bits"
+	bits, err = rdb.Get(ctx, key).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("read %s from Redis: %w", key, err)
+	}
+	return bits, true, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lazymigrate/lazymigrate/coldsweep"
 )
@@ -16,15 +17,14 @@ type sweepReporter struct {
 	c     *cli
 	mode  string
 	every time.Duration
-	chunk int64
 
 	// At the last plain line.
 	lastElapsed        time.Duration
 	lastKeys, lastRows int64
 }
 
-func newSweepReporter(c *cli, p progressFlags, chunk int64) *sweepReporter {
-	return &sweepReporter{c: c, mode: p.mode, every: p.every, chunk: chunk}
+func newSweepReporter(c *cli, p progressFlags) *sweepReporter {
+	return &sweepReporter{c: c, mode: p.mode, every: p.every}
 }
 
 // update is coldsweep's Config.Progress: called from one goroutine.
@@ -33,7 +33,7 @@ func (r *sweepReporter) update(p coldsweep.Progress) {
 	case r.mode == progressBar && p.Finished:
 		r.c.con.clearBar()
 	case r.mode == progressBar:
-		r.c.con.setBar(r.barLine(p))
+		r.c.con.setBar(r.barLine(p, barWidth(r.c.con.columns())))
 	case r.mode == progressPlain && !p.Finished && p.Elapsed-r.lastElapsed >= r.every-slack(r.every):
 		r.c.con.line(r.plainLine(p))
 	}
@@ -61,18 +61,52 @@ func sweepName(p coldsweep.Progress) string {
 	return p.Table
 }
 
-func (r *sweepReporter) barLine(p coldsweep.Progress) string {
+// barLine is the bar of p, fit to width columns. What does not fit goes,
+// in this order: the rows/s, the reason the sweep is held ("held" stays),
+// the chunk counts, the keys/s; the bar shrinks to fit meanwhile, and what
+// still does not fit is cut.
+func (r *sweepReporter) barLine(p coldsweep.Progress, width int) string {
 	eta := "?"
 	if p.ETA > 0 {
 		eta = etaString(p.ETA)
 	}
-	s := fmt.Sprintf("%s %s %6s  %s/%s chunks  %s rows/s  %s keys/s  ETA %s",
-		sweepName(p), bar(p.Fraction(), 24), percent(p.Fraction()), human(p.ChunksDone), human(p.Chunks),
-		humanRate(p.RowsPerSec), humanRate(p.KeysPerSec), eta)
+	pct := fmt.Sprintf(" %6s", percent(p.Fraction()))
+	chunks := fmt.Sprintf("  %s/%s chunks", human(p.ChunksDone), human(p.Chunks))
+	rows := "  " + humanRate(p.RowsPerSec) + " rows/s"
+	keys := "  " + humanRate(p.KeysPerSec) + " keys/s"
+	tail := "  ETA " + eta
+	held, shortHeld := "", ""
 	if p.Throttled != "" {
-		s += "  held: " + p.Throttled
+		held, shortHeld = "  held: "+p.Throttled, "  held"
 	}
-	return s
+	return fitBar(width, sweepName(p)+" ", p.Fraction(),
+		pct+chunks+rows+keys+tail+held,
+		pct+chunks+keys+tail+held,
+		pct+chunks+keys+tail+shortHeld,
+		pct+keys+tail+shortHeld,
+		pct+tail+shortHeld)
+}
+
+// Cells of a progress bar: up to maxBarCells, fewer when the terminal is
+// narrow, but not fewer than minBarCells.
+const (
+	maxBarCells = 24
+	minBarCells = 8
+)
+
+// fitBar returns head, a bar of fraction f, and the first of tails, from
+// the longest to the shortest, with which the line fits width columns,
+// shrinking the bar if need be. When none fits, the bar goes, then the
+// line is cut to width.
+func fitBar(width int, head string, f float64, tails ...string) string {
+	headCols := utf8.RuneCountInString(head)
+	for _, tail := range tails {
+		cells := min(maxBarCells, width-headCols-utf8.RuneCountInString(tail)-2) // 2: the brackets
+		if cells >= minBarCells {
+			return head + bar(f, cells) + tail
+		}
+	}
+	return fitLine(strings.TrimSuffix(head, " ")+tails[len(tails)-1], width)
 }
 
 // plainLine measures the rates since the previous line, which is steadier
@@ -82,10 +116,11 @@ func (r *sweepReporter) plainLine(p coldsweep.Progress) string {
 	keysPerSec := float64(p.Keys-r.lastKeys) / dt
 	rowsPerSec := float64(int64(p.Rows.Copied)-r.lastRows) / dt
 	r.lastElapsed, r.lastKeys, r.lastRows = p.Elapsed, p.Keys, int64(p.Rows.Copied)
+	// coldsweep's estimate counts the chunks left at copy speed: the rate
+	// above includes chunks skipped at Redis speed.
 	eta := "?"
-	if keysPerSec > 0 {
-		left := float64(p.Chunks-p.ChunksDone) * float64(r.chunk)
-		eta = etaString(time.Duration(left / keysPerSec * float64(time.Second)))
+	if p.ETA > 0 {
+		eta = etaString(p.ETA)
 	}
 	s := fmt.Sprintf("progress: %s: %s/%s chunks (%s), %s keys, %s rows copied, %s rows/s, %s keys/s, ETA %s, elapsed %s",
 		sweepName(p), human(p.ChunksDone), human(p.Chunks), percent(p.Fraction()), human(p.Keys), human(int64(p.Rows.Copied)),

@@ -54,7 +54,7 @@ func cmdStatus(ctx context.Context, c *cli, args []string) (int, error) {
 	c.prefixFlag(&f.prefix)
 	c.segmentBitsFlag(&f.segmentBits)
 	c.fs.IntVar(&f.cells, "cells", 64, "`number` of cells of the heatmap")
-	c.fs.DurationVar(&f.stale, "stale-after", time.Minute, "a sweep silent for this long is reported stale (killed, or cut off from Redis)")
+	c.fs.DurationVar(&f.stale, "stale-after", defaultStaleAfter, "a sweep silent for this long is reported stale (killed, or cut off from Redis)")
 	c.fs.BoolVar(&f.json, "json", false, "print the status as JSON on stdout")
 	if err := c.parse(args); err != nil {
 		return exitError, err

@@ -150,8 +150,8 @@ func (f *verifyFlags) check(c *cli) error {
 	switch {
 	case f.chunk < 1:
 		return flagError("chunk", f.chunk, "must be at least 1")
-	case f.workers < 1:
-		return flagError("workers", f.workers, "must be at least 1")
+	case f.workers < 1 || f.workers > maxWorkers:
+		return flagError("workers", f.workers, "must be between 1 and %d", maxWorkers)
 	case f.maxListed < 1:
 		return flagError("max-listed", f.maxListed, "must be at least 1")
 	case f.recheck < 0:
@@ -167,12 +167,14 @@ func (f *verifyFlags) check(c *cli) error {
 	return f.progressFlags.check(c)
 }
 
-// verifyReporter shows verify's progress on stderr.
+// verifyReporter shows verify's progress on stderr. Verify's workers wait
+// for it, after every chunk: it draws at most once per interval, like run's.
 type verifyReporter struct {
 	c           *cli
 	mode        string
 	every       time.Duration
-	lastElapsed time.Duration
+	drawn       bool          // whether the bar was drawn yet
+	lastElapsed time.Duration // at the last bar or line
 }
 
 func newVerifyReporter(c *cli, p progressFlags) *verifyReporter {
@@ -185,11 +187,17 @@ func (r *verifyReporter) update(p coldsweep.VerifyProgress) {
 	if p.Chunks > 0 {
 		frac = float64(p.ChunksDone) / float64(p.Chunks)
 	}
+	due := p.Elapsed-r.lastElapsed >= r.every-slack(r.every)
 	switch {
-	case r.mode == progressBar:
-		r.c.con.setBar(fmt.Sprintf("verify %s %s %6s  %s/%s chunks  %s differing  %s keys differ",
-			p.Table, bar(frac, 24), percent(frac), human(p.ChunksDone), human(p.Chunks), human(p.DifferingChunks), human(p.Differences)))
-	case r.mode == progressPlain && p.Elapsed-r.lastElapsed >= r.every-slack(r.every):
+	case r.mode == progressBar && (due || !r.drawn):
+		r.drawn, r.lastElapsed = true, p.Elapsed
+		pct := fmt.Sprintf(" %6s", percent(frac))
+		counts := fmt.Sprintf("  %s/%s chunks", human(p.ChunksDone), human(p.Chunks))
+		differing := fmt.Sprintf("  %s differing", human(p.DifferingChunks))
+		keys := fmt.Sprintf("  %s keys differ", human(p.Differences))
+		r.c.con.setBar(fitBar(barWidth(r.c.con.columns()), "verify "+p.Table+" ", frac,
+			pct+counts+differing+keys, pct+counts+keys, pct+keys))
+	case r.mode == progressPlain && due:
 		r.lastElapsed = p.Elapsed
 		r.c.con.line(fmt.Sprintf("progress: verify %s: %s/%s chunks (%s), %s differing, %s keys differ, elapsed %s",
 			p.Table, human(p.ChunksDone), human(p.Chunks), percent(frac), human(p.DifferingChunks), human(p.Differences),

@@ -60,7 +60,7 @@ func TestRedisAddressErrorsHideThePassword(t *testing.T) {
 		"redis://:" + secret + "@127.0.0.1:6379/notadb": `Redis address "redis://:xxxxx@127.0.0.1:6379/notadb": redis: invalid database number`,
 		// url.Parse refuses the port; its error quotes the whole URL.
 		"redis://user:" + secret + "@127.0.0.1:port/0": `Redis address "redis://xxxxx@127.0.0.1:port/0": invalid port`,
-		"rediss://user:" + secret + "%zz@h:1": `Redis address "rediss://xxxxx@h:1": invalid URL escape`,
+		"rediss://user:" + secret + "%zz@h:1":          `Redis address "rediss://xxxxx@h:1": invalid URL escape`,
 		// Not a URL, not host:port.
 		secret + "@localhost": `Redis address "xxxxx@localhost": want host:port`,
 	} {

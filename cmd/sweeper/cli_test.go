@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"math"
-	"os"
 	"strings"
 	"testing"
 
@@ -145,13 +144,11 @@ func TestFlagErrorsHidePasswords(t *testing.T) {
 	}
 }
 
-// TestMissingConnection: no flag and no environment variable.
+// TestMissingConnection: no flag and no environment variable. (Not
+// parallel: it clears the environment.)
 func TestMissingConnection(t *testing.T) {
-	t.Parallel()
 	for _, env := range []string{connect.EnvOldDSN, connect.EnvNewDSN} {
-		if v, _ := os.LookupEnv(env); v != "" {
-			t.Skipf("%s is set", env)
-		}
+		t.Setenv(env, "")
 	}
 	wantOneLineError(t, sweeper(t, "run", "--table", "accounts"), "run: no OLD database given: set --old-dsn or LM_OLD_DSN")
 	wantOneLineError(t, sweeper(t, "init"), "init: no NEW database given: set --new-dsn or LM_NEW_DSN")

@@ -205,8 +205,11 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 		conn.Release()
 	}()
 
+	// The stripes of the keys, or of the whole range: a key stands for its
+	// stripe.
 	stripes := ks
 	if len(ks) == 0 {
+		stripes = make([]int64, 0, MaxLocksPerTx)
 		for s := lo >> c.cfg.StripeBits; s <= (hi-1)>>c.cfg.StripeBits; s++ {
 			stripes = append(stripes, s<<c.cfg.StripeBits)
 		}

@@ -11,11 +11,21 @@
 #   5. leaves the service running until Ctrl-C, unless CI=true, where it
 #      stops and exits non-zero if any step failed.
 #
-# Inputs (all optional): DEMO_ADDR (default 127.0.0.1:8080), DEMO_ROWS
+# Inputs (all optional): DEMO_ADDR (default: the first free port of
+# 127.0.0.1:8080-8099), DEMO_ROWS
 # (200000), DEMO_SECONDS (20), and the variables scripts/services.sh reads.
 set -euo pipefail
 
-readonly ADDR=${DEMO_ADDR:-127.0.0.1:8080}
+# in_use HOST:PORT: something already listens there.
+in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
+ADDR=${DEMO_ADDR:-}
+if [[ -z $ADDR ]]; then # the first free port from 8080
+	for port in $(seq 8080 8099); do
+		in_use "127.0.0.1:$port" || { ADDR=127.0.0.1:$port; break; }
+	done
+	[[ -n $ADDR ]] || { echo "demo: error: ports 8080-8099 are all taken; set DEMO_ADDR" >&2; exit 1; }
+fi
+readonly ADDR
 readonly ROWS=${DEMO_ROWS:-200000}
 readonly SECONDS_OF_LOAD=${DEMO_SECONDS:-20}
 readonly PREFIX=lmdemo

@@ -22,10 +22,12 @@
 //		}
 //	}
 //
+//	tombs, err := httpmw.NewTombstones(ctx, newPool, "accounts")
 //	mw, err := httpmw.New(oldPool, newPool, &httpmw.Config{
-//		Key:       httpmw.PathKey("id"),
-//		Tracker:   tr,       // *tracker.Tracker
-//		Scheduler: enqueuer, // *promote.Enqueuer
+//		Key:        httpmw.PathKey("id"),
+//		Tracker:    tr,       // *tracker.Tracker
+//		Tombstones: tombs,    // deleted keys stay deleted
+//		Scheduler:  enqueuer, // *promote.Enqueuer
 //	})
 //	mux.Handle("GET /accounts/{id}", mw.Wrap(http.HandlerFunc(getAccount)))
 //
@@ -47,7 +49,8 @@
 //     handler runs against NEW once more, since the key's promotion may
 //     have committed since its first query, and that answer stands.
 //  3. Otherwise the handler runs against OLD, and its answer goes to the
-//     client. A 2xx schedules the key for promotion (Config.Scheduler). A
+//     client. A 2xx (or a 304 to a conditional GET) schedules the key for
+//     promotion (Config.Scheduler). A
 //     5xx is replaced by a 503 saying OLD is unavailable: a key that is not
 //     settled is never reported as not found when OLD could not be read.
 //

@@ -52,7 +52,8 @@ type Hooks struct {
 	// error stops the copy there, as a crash would.
 	AfterCommit func(ctx context.Context, keys []int64) error
 	// AfterLock runs in a bulk range copy (see CopierConfig.NoBulk) after
-	// NEW's locks are taken and before OLD is read.
+	// OLD's rows are read and NEW's locks are taken and its keys listed,
+	// before the COPY into NEW.
 	AfterLock func(ctx context.Context, lo, hi int64)
 }
 

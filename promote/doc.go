@@ -22,6 +22,16 @@
 // float or bytea settings are, and a value too long for NEW fails with
 // [ErrRowRejected] rather than being cut.
 //
+// [Copier.CopyRange] and [Copier.CopyRangeKeys] take a faster path when no
+// Transform is set, the columns have the same built-in types on both sides
+// and both databases are pools (see CopierConfig.NoBulk): OLD's rows are read
+// first with binary COPY, then each group of at most [MaxLocksPerTx] stripes
+// is locked in a NEW transaction of its own, the keys NEW has or has
+// tombstoned are left out, and the rest goes in with binary COPY. A row a
+// writer inserts meanwhile without the stripe locks makes the COPY fail; the
+// group is listed and written again, and after three tries goes through the
+// row path above.
+//
 // After the commits the settled keys are marked in the tracker. A copy killed
 // at any point can simply run again: that is how asynq retries, the sweeper
 // and synchronous migration all stay idempotent.

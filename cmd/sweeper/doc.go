@@ -9,7 +9,8 @@
 //	sweeper run              sweep a table: copy every unsettled key, in chunks,
 //	                         throttled, resumable after any stop, shardable
 //	sweeper verify           compare OLD and NEW chunk by chunk with checksums;
-//	                         list missing, different, extra and tombstoned keys
+//	                         list missing, different, extra, resurrected and
+//	                         tombstoned keys
 //	sweeper status           settled keys, the sweep's rate and state, and a
 //	                         heatmap of the key space
 //	sweeper rebuild-tracker  rebuild the tracker's bitmap from NEW's keys and

@@ -68,6 +68,11 @@ type Enqueuer struct {
 	cfg    EnqueuerConfig
 	opts   []asynq.Option
 
+	// flushing is held by the flush under way: Flush waits for it, so that
+	// keys the background loop took are enqueued or dropped before Flush
+	// returns.
+	flushing chan struct{}
+
 	mu      sync.Mutex
 	pending []int64
 	recent  *window
@@ -116,14 +121,15 @@ func NewEnqueuer(client TaskEnqueuer, table string, cfg *EnqueuerConfig) (*Enque
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	e := &Enqueuer{
-		client: client,
-		table:  table,
-		cfg:    c,
-		opts:   []asynq.Option{asynq.Queue(c.Queue), asynq.MaxRetry(c.MaxRetry), asynq.Timeout(c.Timeout)},
-		recent: newWindow(c.DedupeWindow, c.DedupeKeys),
-		wake:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
-		log:    c.Logger,
+		client:   client,
+		table:    table,
+		cfg:      c,
+		opts:     []asynq.Option{asynq.Queue(c.Queue), asynq.MaxRetry(c.MaxRetry), asynq.Timeout(c.Timeout)},
+		recent:   newWindow(c.DedupeWindow, c.DedupeKeys),
+		wake:     make(chan struct{}, 1),
+		flushing: make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		log:      c.Logger,
 	}
 	e.outcomes = metrics.CounterVec(c.Registerer, "promotions_total", promotionsHelp,
 		"table", "outcome").MustCurryWith(prometheus.Labels{"table": table})
@@ -240,10 +246,18 @@ func (e *Enqueuer) run(ctx context.Context) {
 	}
 }
 
-// Flush enqueues every pending key now, in tasks of at most BatchSize keys.
-// Keys whose task could not be enqueued are counted as dropped and forgotten
-// by the dedupe window, so a later read schedules them again.
+// Flush enqueues every pending key now, in tasks of at most BatchSize keys,
+// and returns once every key scheduled before it is enqueued or dropped
+// (waiting, within ctx, for a flush of the background loop under way). Keys
+// whose task could not be enqueued are counted as dropped and forgotten by
+// the dedupe window, so a later read schedules them again.
 func (e *Enqueuer) Flush(ctx context.Context) error {
+	select {
+	case e.flushing <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("promote: flush of %s: %w", e.table, ctx.Err())
+	}
+	defer func() { <-e.flushing }()
 	e.mu.Lock()
 	batch := e.pending
 	e.pending = nil

@@ -531,3 +531,56 @@ func rejectingTask(t *testing.T, n int, value string, width int, hooks promote.H
 	}
 	return p, h, reg, task
 }
+
+// gate blocks each enqueue until it is opened, then fails it.
+type gate struct {
+	entered chan struct{}
+	open    chan struct{}
+	once    sync.Once
+}
+
+func (g *gate) EnqueueContext(ctx context.Context, _ *asynq.Task, _ ...asynq.Option) (*asynq.TaskInfo, error) {
+	g.once.Do(func() { close(g.entered) })
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+	}
+	return nil, errors.New("redis: connection refused")
+}
+
+// Flush returns only once every key scheduled before it is enqueued or
+// dropped, including keys the background loop took and is still enqueuing:
+// a caller that flushes before shutting down, or before reading the
+// metrics, must not find them in flight.
+func TestFlushWaitsForFlushUnderWay(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	g := &gate{entered: make(chan struct{}), open: make(chan struct{})}
+	e, err := promote.NewEnqueuer(g, "accounts", &promote.EnqueuerConfig{FlushInterval: time.Millisecond, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	release := sync.OnceFunc(func() { close(g.open) })
+	t.Cleanup(func() { release(); e.Stop() })
+	e.Schedule(1, 2)
+	<-g.entered // the background loop has taken the keys and is enqueuing them
+
+	flushed := make(chan error, 1)
+	go func() { flushed <- e.Flush(ctx) }()
+	select {
+	case <-flushed:
+		t.Fatal("Flush returned while the keys scheduled before it were still being enqueued")
+	case <-time.After(200 * time.Millisecond):
+	}
+	release()
+	if err := <-flushed; err != nil {
+		t.Fatalf("Flush: %v (it had nothing left of its own to enqueue)", err)
+	}
+	if got := testenv.CounterValue(t, reg, "lazymigrate_promotions_total", "outcome", "dropped"); got != 2 {
+		t.Fatalf("dropped = %v once Flush returned, want 2", got)
+	}
+}

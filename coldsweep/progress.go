@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,7 +38,9 @@ var ErrLayoutChanged = errors.New("coldsweep: this shard's chunk size or shard c
 // claimLayout records the sweep's layout, refusing a sharded run whose
 // layout differs from an earlier sweep's that has not covered its range. An
 // unsharded run covers the whole range, so it may always change the layout;
-// so may any run once every shard of the earlier layout has finished.
+// so may any run once every shard of the recorded layout has finished. The
+// check and the write are one optimistic transaction on the layout key, so
+// shards starting together cannot both win with different layouts.
 func (s *Sweeper) claimLayout(ctx context.Context) error {
 	rdb := s.cfg.Redis
 	if rdb == nil {
@@ -46,46 +49,65 @@ func (s *Sweeper) claimLayout(ctx context.Context) error {
 	n := max(s.cfg.Shard.N, 1)
 	want := fmt.Sprintf("chunk=%d shards=%d", s.cfg.Chunk, n)
 	key := layoutKey(s.cfg.Prefix, s.table)
-	got, err := rdb.Get(ctx, key).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-	case err != nil:
-		return fmt.Errorf("coldsweep: read the layout of %s's sweep: %w", s.table, err)
-	case got == want:
-		return nil
-	case n > 1:
-		ps, err := LoadProgress(ctx, rdb, s.cfg.Prefix, s.table)
-		if err != nil {
-			return err
+	var replaced bool
+	claim := func(tx *redis.Tx) error {
+		got, err := tx.Get(ctx, key).Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			return fmt.Errorf("coldsweep: read the layout of %s's sweep: %w", s.table, err)
+		case got == want:
+			// Keep the record alive as long as the sweep runs.
+			return tx.Expire(ctx, key, progressTTL).Err()
+		case n > 1:
+			ps, err := LoadProgress(ctx, rdb, s.cfg.Prefix, s.table)
+			if err != nil {
+				return err
+			}
+			if left := unfinishedShards(got, ps); left != "" {
+				return fmt.Errorf("%w: the sweep of %s runs with %s, this shard with %s, and %s: run every shard with the same chunk size and shard count, or one unsharded sweep (or, if no shard of it runs any more, delete the Redis key %s)",
+					ErrLayoutChanged, s.table, got, want, left, key)
+			}
 		}
-		if left := unfinishedShards(ps); left != "" {
-			return fmt.Errorf("%w: the sweep of %s runs with %s, this shard with %s, and %s: run every shard with the same chunk size and shard count, or one unsharded sweep",
-				ErrLayoutChanged, s.table, got, want, left)
+		replaced = got != ""
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Set(ctx, key, want, progressTTL)
+			return nil
+		})
+		return err
+	}
+	var err error
+	for range 10 {
+		if err = rdb.Watch(ctx, claim, key); !errors.Is(err, redis.TxFailedErr) {
+			break
 		}
 	}
-	if got != "" && got != want {
+	if err != nil {
+		return err
+	}
+	if replaced {
 		// The earlier layout's progress would read as this one's.
 		if err := rdb.Del(ctx, progressKey(s.cfg.Prefix, s.table)).Err(); err != nil {
 			return fmt.Errorf("coldsweep: clear the progress of %s's earlier sweep: %w", s.table, err)
 		}
 	}
-	if err := rdb.Set(ctx, key, want, progressTTL).Err(); err != nil {
-		return fmt.Errorf("coldsweep: record the layout of %s's sweep: %w", s.table, err)
-	}
 	return nil
 }
 
-// unfinishedShards says which shards of the recorded sweep have not swept
-// all their chunks ("" when every one of its n shards has).
-func unfinishedShards(ps []Progress) string {
-	n := int64(0)
+// unfinishedShards says which shards of the sweep recorded with layout
+// ("chunk=C shards=N") have not swept all their chunks, by the progress
+// they saved: a shard that saved none yet has not ("" when every one has).
+func unfinishedShards(layout string, ps []Progress) string {
+	var chunk, n int64
+	if _, err := fmt.Sscanf(layout, "chunk=%d shards=%d", &chunk, &n); err != nil || n < 1 {
+		return "its layout record " + strconv.Quote(layout) + " cannot be read"
+	}
 	done := map[int64]bool{}
 	for _, p := range ps {
 		sh, err := ParseShard(p.Shard)
-		if err != nil {
-			continue
+		if err != nil || max(sh.N, 1) != n {
+			continue // another layout's record
 		}
-		n = max(n, sh.N)
 		done[sh.I] = done[sh.I] || (p.ChunksDone >= p.Chunks && p.ChunksFailed == 0)
 	}
 	var left []string

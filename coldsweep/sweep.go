@@ -418,7 +418,10 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 		if err == nil || permanent(err) || attempt >= r.cfg.Retries || hard.Err() != nil {
 			break
 		}
-		pause := min(time.Second<<attempt, 30*time.Second)
+		pause := 30 * time.Second
+		if attempt < 5 { // 1, 2, 4, 8, 16 s; a shift past 33 would overflow
+			pause = time.Second << attempt
+		}
 		r.log.WarnContext(hard, "chunk failed; retrying", "chunk", ch.String(), "attempt", attempt+1, "in", pause, "err", err)
 		r.metrics.retries.Inc()
 		select {

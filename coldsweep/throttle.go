@@ -100,8 +100,12 @@ func (t *throttle) check(ctx context.Context) {
 		n, err := t.rdb.Exists(ctx, t.pauseKey).Result()
 		switch {
 		case err != nil && ctx.Err() == nil:
-			// The tracker needs Redis too: the chunks will fail and retry.
+			// Keep a pause in force through a blip: resuming is the
+			// operator's call, not Redis's.
 			t.log.WarnContext(ctx, "throttle cannot read the pause flag", "err", err)
+			if strings.HasPrefix(t.reason(), "paused") {
+				reasons = append(reasons, "paused")
+			}
 		case n > 0:
 			reasons = append(reasons, "paused")
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -108,6 +109,15 @@ func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (t
 	// Ranges wider than MaxLocksPerTx stripes go as several transactions.
 	step := int64(MaxLocksPerTx) << c.cfg.StripeBits
 	for from := lo; from < hi; {
+		if ks != nil {
+			if len(ks) == 0 {
+				break
+			}
+			from = max(from, ks[0]>>c.cfg.StripeBits<<c.cfg.StripeBits) // skip parts without keys
+		}
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
 		to := hi
 		if first := from >> c.cfg.StripeBits << c.cfg.StripeBits; to-first > step {
 			to = first + step
@@ -118,13 +128,8 @@ func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (t
 			part, ks = ks[:n], ks[n:]
 		}
 		if ks == nil || len(part) > 0 {
-			r, counted, err := c.bulkOnce(ctx, from, to, part)
-			if counted {
-				// The row path counted its own rows in the metrics.
-				c.rows.WithLabelValues("absent").Add(float64(r.Absent))
-			} else {
-				res = res.Add(r)
-			}
+			r, uncounted, err := c.bulkOnce(ctx, from, to, part)
+			res = res.Add(uncounted)
 			total = total.Add(r)
 			if err != nil {
 				return total, err
@@ -136,20 +141,44 @@ func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (t
 }
 
 // bulkOnce copies [lo, hi), which spans at most MaxLocksPerTx stripes, or
-// only the keys ks of it when ks is not empty. counted says that the copy
-// went down the row path, which counts its rows in the metrics itself.
-func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (_ Result, counted bool, _ error) {
-	sel := fmt.Sprintf(c.bulk.oldSelect, lo, hi)
+// only the keys ks of it when ks is not empty. uncounted is the part of the
+// result the metrics still have to count: the row path counts its own.
+//
+// OLD's rows are held in memory between the two COPYs, at most
+// CopierConfig.BulkBytes of them: past that the part is split in two, down
+// to a single key, which goes through the row path.
+func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res, uncounted Result, _ error) {
+	rows, complete, err := c.readBulkPart(ctx, lo, hi, ks)
+	if err != nil {
+		return Result{}, Result{}, err
+	}
+	if !complete {
+		if len(rows.tuples) == 0 { // a single row is past the bound
+			return c.splitBulk(ctx, lo, hi, ks)
+		}
+		// OLD sends rows in key order: those read are all the part's rows
+		// up to the last one. Write them, then read on from there.
+		cut := rows.tuples[len(rows.tuples)-1].key + 1
+		var rest []int64
+		if ks != nil {
+			n, _ := slices.BinarySearch(ks, cut)
+			ks, rest = ks[:n], ks[n:]
+		}
+		r, u, err := c.writeBulkPart(ctx, lo, cut, ks, rows)
+		if err != nil || (ks != nil && len(rest) == 0) || cut >= hi {
+			return r, u, err
+		}
+		r2, u2, err := c.bulkOnce(ctx, cut, hi, rest)
+		return r.Add(r2), u.Add(u2), err
+	}
+	return c.writeBulkPart(ctx, lo, hi, ks, rows)
+}
+
+// writeBulkPart writes the rows read from OLD for [lo, hi) (or its keys ks).
+func (c *Copier) writeBulkPart(ctx context.Context, lo, hi int64, ks []int64, rows *binaryRows) (res, uncounted Result, _ error) {
 	domain := int(hi - lo)
 	if len(ks) > 0 {
-		// COPY takes no parameters; a constant array is also one Postgres
-		// hashes.
-		sel = fmt.Sprintf(`%s AND %s = ANY('%s'::bigint[])`, sel, c.bulk.oldKey, int64Array(ks))
 		domain = len(ks)
-	}
-	rows, err := c.readOldBinary(ctx, "COPY ("+sel+") TO STDOUT (FORMAT binary)")
-	if err != nil {
-		return Result{}, false, err
 	}
 	if h := c.cfg.Hooks.AfterRead; h != nil {
 		h(ctx, rows.keys())
@@ -160,22 +189,71 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (_ Resu
 			res.Absent = max(0, domain-len(rows.tuples)-(res.Tombstoned-res.tombstonedInOld))
 			if h := c.cfg.Hooks.AfterCommit; h != nil {
 				if err := h(ctx, nil); err != nil {
-					return res.Result, false, fmt.Errorf("promote: copy %s: after commit: %w", c.cfg.Table, err)
+					return res.Result, res.Result, fmt.Errorf("promote: copy %s: after commit: %w", c.cfg.Table, err)
 				}
 			}
-			return res.Result, false, nil
+			return res.Result, res.Result, nil
 		}
 		if !isUniqueViolation(err) {
-			return Result{}, false, err
+			return Result{}, Result{}, err
 		}
 		if attempt == 3 {
 			// Writers keep adding keys of this range around the locks:
 			// the row path's insert skips what they add.
 			r, _, err := c.copy(ctx, c.selectSQL, []any{rows.keys()}, c.tombSQL, []any{c.tableID, rows.keys()})
 			r.Absent = max(0, domain-len(rows.tuples))
-			return r, true, err
+			return r, Result{Absent: r.Absent}, err
 		}
 	}
+}
+
+// splitBulk copies a part whose rows are too big to hold at once: its two
+// halves one after the other, or, for a single key, through the row path.
+func (c *Copier) splitBulk(ctx context.Context, lo, hi int64, ks []int64) (res, uncounted Result, err error) {
+	single := len(ks) == 1 || (len(ks) == 0 && hi-lo == 1)
+	if single {
+		k := lo
+		if len(ks) == 1 {
+			k = ks[0]
+		}
+		r, settled, err := c.copy(ctx, c.selectSQL, []any{[]int64{k}}, c.tombSQL, []any{c.tableID, []int64{k}})
+		r.Absent = 1 - len(settled)
+		return r, Result{Absent: r.Absent}, err
+	}
+	var parts [2]struct {
+		lo, hi int64
+		ks     []int64
+	}
+	if len(ks) > 0 {
+		m := len(ks) / 2
+		parts[0].lo, parts[0].hi, parts[0].ks = lo, hi, ks[:m]
+		parts[1].lo, parts[1].hi, parts[1].ks = lo, hi, ks[m:]
+	} else {
+		m := lo + (hi-lo)/2
+		parts[0].lo, parts[0].hi = lo, m
+		parts[1].lo, parts[1].hi = m, hi
+	}
+	for _, p := range parts {
+		r, u, err := c.bulkOnce(ctx, p.lo, p.hi, p.ks)
+		res, uncounted = res.Add(r), uncounted.Add(u)
+		if err != nil {
+			return res, uncounted, err
+		}
+	}
+	return res, uncounted, nil
+}
+
+// readBulkPart reads the rows of [lo, hi) (or of its keys ks) from OLD, in
+// key order, up to CopierConfig.BulkBytes: complete is false when it
+// stopped there, and rows then holds the whole rows read before.
+func (c *Copier) readBulkPart(ctx context.Context, lo, hi int64, ks []int64) (rows *binaryRows, complete bool, _ error) {
+	sel := fmt.Sprintf(c.bulk.oldSelect, lo, hi)
+	if len(ks) > 0 {
+		// COPY takes no parameters; a constant array is also one Postgres
+		// hashes.
+		sel = fmt.Sprintf(`%s AND %s = ANY('%s'::bigint[])`, sel, c.bulk.oldKey, int64Array(ks))
+	}
+	return c.readOldBinary(ctx, "COPY ("+sel+" ORDER BY "+c.bulk.oldKey+") TO STDOUT (FORMAT binary)")
 }
 
 // bulkResult is a Result and how many of the tombstoned keys OLD holds.
@@ -251,7 +329,7 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 		h(ctx, lo, hi)
 	}
 
-	data := rows.data
+	var data io.Reader = bytes.NewReader(rows.data)
 	if len(skip) > 0 {
 		data = rows.without(func(k int64) bool {
 			tomb, found := skip[k]
@@ -267,7 +345,7 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 		})
 	}
 	if len(rows.tuples)-res.Present-res.tombstonedInOld > 0 {
-		tag, err := conn.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(data), b.copyIn)
+		tag, err := conn.Conn().PgConn().CopyFrom(ctx, data, b.copyIn)
 		if err != nil {
 			return res, newError(c.cfg.Table, err)
 		}
@@ -281,25 +359,31 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 }
 
 // readOldBinary runs copyOut, a COPY … TO STDOUT (FORMAT binary), on OLD
-// and returns its rows.
-func (c *Copier) readOldBinary(ctx context.Context, copyOut string) (*binaryRows, error) {
+// and returns its rows, or, past CopierConfig.BulkBytes, the whole rows
+// read until then with complete false.
+func (c *Copier) readOldBinary(ctx context.Context, copyOut string) (_ *binaryRows, complete bool, _ error) {
 	conn, err := c.bulk.old.Acquire(ctx)
 	if err != nil {
-		return nil, oldError(c.cfg.Table, err)
+		return nil, false, oldError(c.cfg.Table, err)
 	}
 	defer conn.Release()
-	var buf bytes.Buffer
+	buf := cappedBuffer{max: c.cfg.BulkBytes}
+	complete = true
 	if _, err := conn.Conn().PgConn().CopyTo(ctx, &buf, copyOut); err != nil {
-		return nil, oldError(c.cfg.Table, err)
+		if !errors.Is(err, errTooBig) {
+			return nil, false, oldError(c.cfg.Table, err)
+		}
+		// pgconn closes the connection; the pool drops it on Release.
+		complete = false
 	}
-	rows, err := parseBinaryCopy(buf.Bytes(), c.bulk.keyField)
+	rows, err := parseBinaryCopy(buf.Bytes(), c.bulk.keyField, !complete)
 	if err != nil {
-		return nil, fmt.Errorf("promote: copy %s: reading OLD's COPY output: %w", c.cfg.Table, err)
+		return nil, false, fmt.Errorf("promote: copy %s: reading OLD's COPY output: %w", c.cfg.Table, err)
 	}
 	if err := rows.checkUnique(); err != nil {
-		return nil, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
+		return nil, false, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
 	}
-	return rows, nil
+	return rows, complete, nil
 }
 
 func isUniqueViolation(err error) bool {
@@ -323,6 +407,22 @@ func int64Array(ks []int64) string {
 	return sb.String()
 }
 
+// errTooBig stops a read of OLD past CopierConfig.BulkBytes.
+var errTooBig = errors.New("promote: rows too big to hold at once")
+
+// cappedBuffer is a bytes.Buffer that refuses to grow past max bytes.
+type cappedBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > b.max {
+		return 0, errTooBig
+	}
+	return b.Buffer.Write(p)
+}
+
 // binaryRows is the output of a COPY … TO STDOUT (FORMAT binary): the
 // header, one tuple per row and the trailer, with where each tuple lies
 // and its key.
@@ -342,16 +442,27 @@ const binaryCopySignature = "PGCOPY\n\xff\r\n\x00"
 
 // parseBinaryCopy finds the tuples of data and the value of field keyField,
 // an integer, in each.
-func parseBinaryCopy(data []byte, keyField int) (*binaryRows, error) {
-	truncated := errors.New("truncated COPY data")
+//
+// With partial set, data may end in the middle of a row: the whole rows
+// before it are returned.
+func parseBinaryCopy(data []byte, keyField int, partial bool) (*binaryRows, error) {
+	if partial && len(data) < 19 {
+		return &binaryRows{data: data}, nil // not even the header
+	}
 	if len(data) < 19 || string(data[:11]) != binaryCopySignature {
 		return nil, errors.New("not binary COPY data")
 	}
 	pos := 19 + int(binary.BigEndian.Uint32(data[15:19])) // past the header extension
 	rows := &binaryRows{data: data, headerEnd: pos}
+	truncated := func() (*binaryRows, error) {
+		if partial {
+			return rows, nil
+		}
+		return nil, errors.New("truncated COPY data")
+	}
 	for {
 		if pos+2 > len(data) {
-			return nil, truncated
+			return truncated()
 		}
 		n := int(int16(binary.BigEndian.Uint16(data[pos:])))
 		if n == -1 {
@@ -362,18 +473,18 @@ func parseBinaryCopy(data []byte, keyField int) (*binaryRows, error) {
 		found := false
 		for f := range n {
 			if pos+4 > len(data) {
-				return nil, truncated
+				return truncated()
 			}
 			size := int(int32(binary.BigEndian.Uint32(data[pos:])))
 			pos += 4
 			if size < 0 {
 				if f == keyField {
-					return nil, errors.New("a row has a NULL key")
+					return nil, fmt.Errorf("%w: a row of OLD has a NULL key", ErrRowRejected)
 				}
 				continue
 			}
 			if pos+size > len(data) {
-				return nil, truncated
+				return truncated()
 			}
 			if f == keyField {
 				v := data[pos : pos+size]
@@ -414,21 +525,44 @@ func (r *binaryRows) checkUnique() error {
 	seen := make(map[int64]struct{}, len(r.tuples))
 	for _, t := range r.tuples {
 		if _, dup := seen[t.key]; dup {
-			return fmt.Errorf("OLD holds key %d more than once; the key column must be unique", t.key)
+			return fmt.Errorf("%w: OLD holds key %d more than once; the key column must be unique", ErrRowRejected, t.key)
 		}
 		seen[t.key] = struct{}{}
 	}
 	return nil
 }
 
-// without returns the COPY data less the rows whose key drop reports.
-func (r *binaryRows) without(drop func(key int64) bool) []byte {
-	out := make([]byte, 0, len(r.data))
-	out = append(out, r.data[:r.headerEnd]...)
+// without returns the COPY data less the rows whose key drop reports, read
+// in place: the kept rows are not copied.
+func (r *binaryRows) without(drop func(key int64) bool) io.Reader {
+	var segs [][]byte
+	start, end := 0, r.headerEnd // the run of kept bytes so far; tuples are contiguous
 	for _, t := range r.tuples {
-		if !drop(t.key) {
-			out = append(out, r.data[t.start:t.end]...)
+		if drop(t.key) {
+			segs = append(segs, r.data[start:end])
+			start, end = t.end, t.end
+			continue
+		}
+		end = t.end
+	}
+	segs = append(segs, r.data[start:end], []byte{0xff, 0xff}) // the trailer: a field count of -1
+	return &segments{segs: segs}
+}
+
+// segments reads byte slices one after another.
+type segments struct{ segs [][]byte }
+
+func (s *segments) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) && len(s.segs) > 0 {
+		c := copy(p[n:], s.segs[0])
+		n += c
+		if s.segs[0] = s.segs[0][c:]; len(s.segs[0]) == 0 {
+			s.segs = s.segs[1:]
 		}
 	}
-	return append(out, 0xff, 0xff) // the trailer: a field count of -1
+	if n == 0 && len(s.segs) == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
 }

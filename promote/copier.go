@@ -67,8 +67,9 @@ var (
 	// ErrNewUnavailable wraps a failure to reach NEW.
 	ErrNewUnavailable = errors.New("promote: NEW database unavailable")
 	// ErrRowRejected wraps a failure that is the data's fault, not the
-	// database's: NEW refused a row (a constraint, a value too long), or the
-	// Transform failed. Retrying the same rows cannot succeed.
+	// database's: NEW refused a row (a constraint, a value too long), the
+	// Transform failed, or OLD holds a key twice or a NULL key. Retrying the
+	// same rows cannot succeed.
 	ErrRowRejected = errors.New("promote: row rejected")
 	// ErrNeedsReadCommitted wraps the refusal of a writer's transaction
 	// (given to LockKeys, or running LockStatement's statement or
@@ -108,6 +109,10 @@ type CopierConfig struct {
 	// both databases are pools (*pgxpool.Pool), CopyRange streams OLD's rows
 	// into NEW with binary COPY, several times faster than the row path.
 	NoBulk bool
+	// BulkBytes bounds the bytes of OLD's rows the bulk path holds in
+	// memory at once (per concurrent copy): a part of a range whose rows
+	// are bigger is read again in halves. Defaults to 64 MiB.
+	BulkBytes int
 	// Marker records settled keys after each commit. Defaults to none.
 	Marker Marker
 	// Hooks are for tests. Defaults to none.
@@ -178,6 +183,10 @@ func NewCopier(ctx context.Context, oldDB, newDB DB, cfg *CopierConfig) (*Copier
 	}
 	c.OldTable = cmp.Or(c.OldTable, c.Table)
 	c.KeyColumn = cmp.Or(c.KeyColumn, "id")
+	c.BulkBytes = cmp.Or(c.BulkBytes, 64<<20)
+	if c.BulkBytes < 0 {
+		return nil, fmt.Errorf("promote: CopierConfig.BulkBytes must not be negative, got %d", c.BulkBytes)
+	}
 	if c.StripeBits > 40 {
 		return nil, fmt.Errorf("promote: CopierConfig.StripeBits must be at most 40, got %d", c.StripeBits)
 	}
@@ -372,8 +381,8 @@ func (c *Copier) CopyRangeKeys(ctx context.Context, lo, hi int64, ks []int64) (R
 	if len(ks) > 0 && (ks[0] < lo || ks[len(ks)-1] >= hi) {
 		return Result{}, fmt.Errorf("promote: copy %s: keys must lie in [%d, %d), got %d..%d", c.cfg.Table, lo, hi, ks[0], ks[len(ks)-1])
 	}
-	if len(ks) > MaxRangeKeys {
-		return Result{}, fmt.Errorf("promote: copy %s: more than MaxRangeKeys (%d) keys; split them", c.cfg.Table, MaxRangeKeys)
+	if hi-lo > MaxRangeKeys {
+		return Result{}, fmt.Errorf("promote: copy %s: range [%d, %d) holds more than MaxRangeKeys (%d) keys; split it", c.cfg.Table, lo, hi, MaxRangeKeys)
 	}
 	var res Result
 	if len(ks) > 0 {

@@ -130,7 +130,7 @@ func (c *Copier) readOld(ctx context.Context, sql string, args []any) (oldRows, 
 // would reach NEW would be chance.
 func (c *Copier) add(out *oldRows, seen map[int64]struct{}, k int64, vals []*string) error {
 	if _, dup := seen[k]; dup {
-		return fmt.Errorf("promote: copy %s: OLD holds key %d more than once; the key column must be unique", c.cfg.Table, k)
+		return fmt.Errorf("%w: copy %s: OLD holds key %d more than once; the key column must be unique", ErrRowRejected, c.cfg.Table, k)
 	}
 	seen[k] = struct{}{}
 	out.keys = append(out.keys, k)

@@ -410,14 +410,20 @@ func (r *run) chunk(work, hard context.Context, ch Span) error {
 		err     error
 	)
 	paid := false // the rate limiter is paid once per chunk, not per attempt
+	earlier := 0  // rows failed attempts committed, which a retry finds present
 	for attempt := 0; ; attempt++ {
 		res, outcome, err = r.copyChunk(work, hard, ch, &paid)
 		if errors.Is(err, errStopping) {
 			return nil // stopped before it began: unsettled, for the next run
 		}
+		if err == nil {
+			moved := min(earlier, res.Present)
+			res.Copied, res.Present = res.Copied+moved, res.Present-moved
+		}
 		if err == nil || permanent(err) || attempt >= r.cfg.Retries || hard.Err() != nil {
 			break
 		}
+		earlier += res.Copied
 		pause := 30 * time.Second
 		if attempt < 5 { // 1, 2, 4, 8, 16 s; a shift past 33 would overflow
 			pause = time.Second << attempt

@@ -845,3 +845,60 @@ func TestSweepStopsChunksWaitingForRateLimit(t *testing.T) {
 		t.Fatal("Run did not return within 30 s of the stop: chunks waiting for the rate limiter held it (StopTimeout is an hour)")
 	}
 }
+
+// A chunk whose first attempt committed part of its rows and then failed
+// counts those rows as copied, not as found present by the retry.
+func TestSweepRetryCountsRowsOfFailedAttempt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupSweep(t, 40_000)
+	var failed atomic.Bool
+	cp, err := promote.NewCopier(ctx, b.pair.Old.Pool, b.pair.New.Pool, &promote.CopierConfig{Table: "accounts",
+		Hooks: promote.Hooks{AfterCommit: func(context.Context, []int64) error {
+			if failed.CompareAndSwap(false, true) {
+				return errors.New("simulated failure after the first part committed")
+			}
+			return nil
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.copier = cp
+	// One chunk of 40,000 keys: two NEW transactions of up to 32 stripes.
+	sum := b.sweep(t, coldsweep.Config{Chunk: 40_000, Workers: 1})
+	var inOld int
+	if err := b.pair.Old.Pool.QueryRow(ctx, `SELECT count(*) FROM accounts`).Scan(&inOld); err != nil {
+		t.Fatal(err)
+	}
+	if !failed.Load() || sum.Rows.Copied != inOld || sum.Rows.Present != 0 {
+		t.Fatalf("rows = %+v after a retry, want all %d copied and none present", sum.Rows, inOld)
+	}
+}
+
+// When writers keep adding keys around the stripe locks, the bulk path ends
+// on the row path; the range's tombstones outside OLD still count as
+// tombstoned, not absent.
+func TestBulkFallbackCountsTombstones(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupSweep(t, 100)
+	b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key) VALUES ('public.accounts', 7)`) // 7 is a gap in OLD
+	var rogue atomic.Int64
+	cp, err := promote.NewCopier(ctx, b.pair.Old.Pool, b.pair.New.Pool, &promote.CopierConfig{Table: "accounts",
+		Hooks: promote.Hooks{AfterLock: func(context.Context, int64, int64) {
+			k := 1 + rogue.Add(1) // 2, 3, 4: a writer around the locks, every time
+			b.pair.New.Exec(t, `INSERT INTO accounts SELECT $1, 'rogue', 'Rogue', 1, 'active', now(), now()`, k)
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := cp.CopyRange(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// OLD has 85 rows in [0, 100) (1..99 less 14 multiples of 7), 3 of them
+	// the rogue keys; key 7 is tombstoned, and the other 14 keys absent.
+	if want := (promote.Result{Copied: 82, Present: 3, Tombstoned: 1, Absent: 14}); res != want {
+		t.Fatalf("result = %+v, want %+v", res, want)
+	}
+}

@@ -199,10 +199,14 @@ func (c *Copier) writeBulkPart(ctx context.Context, lo, hi int64, ks []int64, ro
 		}
 		if attempt == 3 {
 			// Writers keep adding keys of this range around the locks:
-			// the row path's insert skips what they add.
+			// the row path's insert skips what they add. It sees only
+			// OLD's keys; the last listing knows the range's other
+			// tombstones.
 			r, _, err := c.copy(ctx, c.selectSQL, []any{rows.keys()}, c.tombSQL, []any{c.tableID, rows.keys()})
-			r.Absent = max(0, domain-len(rows.tuples))
-			return r, Result{Absent: r.Absent}, err
+			tombsElsewhere := res.Tombstoned - res.tombstonedInOld
+			r.Absent = max(0, domain-len(rows.tuples)-tombsElsewhere)
+			r.Tombstoned += tombsElsewhere
+			return r, Result{Absent: r.Absent, Tombstoned: tombsElsewhere}, err
 		}
 	}
 }

@@ -296,7 +296,9 @@ func TestSweepUnderConcurrentTraffic(t *testing.T) {
 			}
 		})
 	}
-	s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 100, Workers: 2}))
+	// The rate limit makes the sweep last a couple of seconds, so that the
+	// traffic overlaps it however fast the machine copies.
+	s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 100, Workers: 2, Rate: 2000}))
 	if err != nil {
 		t.Fatal(err)
 	}

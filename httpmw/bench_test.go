@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
@@ -22,31 +21,11 @@ import (
 	"github.com/lazymigrate/lazymigrate/tracker"
 )
 
-// pair times the bare handler and the wrapped one interleaved in one loop,
-// alternating which runs first, and reports both and their ratio: noise
-// between runs then hits both sides alike.
+// pair times the bare handler and the wrapped one interleaved and reports
+// both, the overhead and their ratio.
 func pair(b *testing.B, raw, lm func(i int) error) {
 	b.Helper()
-	var rawT, lmT time.Duration
-	b.ResetTimer()
-	for i := range b.N {
-		first, second := raw, lm
-		firstT, secondT := &rawT, &lmT
-		if i%2 == 1 {
-			first, second, firstT, secondT = lm, raw, &lmT, &rawT
-		}
-		t0 := time.Now()
-		if err := first(i); err != nil {
-			b.Fatal(err)
-		}
-		t1 := time.Now()
-		if err := second(i); err != nil {
-			b.Fatal(err)
-		}
-		*firstT += t1.Sub(t0)
-		*secondT += time.Since(t1)
-	}
-	b.StopTimer()
+	rawT, lmT := testenv.Interleave(b, raw, lm)
 	b.ReportMetric(float64(rawT.Nanoseconds())/float64(b.N), "raw-ns/op")
 	b.ReportMetric(float64(lmT.Nanoseconds())/float64(b.N), "httpmw-ns/op")
 	b.ReportMetric(float64(lmT-rawT)/float64(b.N), "overhead-ns/op")

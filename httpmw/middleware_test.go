@@ -443,7 +443,7 @@ func TestKeyFuncError(t *testing.T) {
 	t.Parallel()
 	var ran atomic.Bool
 	h := http.HandlerFunc(func(http.ResponseWriter, *http.Request) { ran.Store(true) })
-	var logged syncBuffer
+	var logged testenv.SyncBuffer
 	mw, err := httpmw.New(store{}, store{}, &httpmw.Config{
 		Key:          httpmw.PathKey("accountID"),
 		NoTombstones: true,

@@ -10,13 +10,13 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazymigrate/lazymigrate/httpmw"
 	"github.com/lazymigrate/lazymigrate/internal/keys"
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
 )
 
 // The tests in this file are about HTTP: what reaches the client of each
@@ -279,7 +279,7 @@ func TestPanicReachesServer(t *testing.T) {
 		panic("handler exploded")
 	})
 	srv := httptest.NewUnstartedServer(mux)
-	var logged syncBuffer
+	var logged testenv.SyncBuffer
 	srv.Config.ErrorLog = log.New(&logged, "", 0)
 	srv.Start()
 	defer srv.Close()
@@ -292,23 +292,6 @@ func TestPanicReachesServer(t *testing.T) {
 	if !strings.Contains(logged.String(), "handler exploded") {
 		t.Fatalf("server log %q does not show the panic", logged.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Flush passes through once the response is going out; a held 404 is not

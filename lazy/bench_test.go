@@ -5,7 +5,6 @@ import (
 	"errors"
 	"math/rand/v2"
 	"testing"
-	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
@@ -17,31 +16,11 @@ import (
 	"github.com/lazymigrate/lazymigrate/tracker"
 )
 
-// pair times a raw baseline and the lazymigrate call interleaved in one
-// loop, alternating which runs first, and reports both and their ratio:
-// noise between runs then hits both sides alike.
+// pair times a raw baseline and the lazymigrate call interleaved and
+// reports both and their ratio.
 func pair(b *testing.B, raw, lm func(i int) error) {
 	b.Helper()
-	var rawT, lmT time.Duration
-	b.ResetTimer()
-	for i := range b.N {
-		first, second := raw, lm
-		firstT, secondT := &rawT, &lmT
-		if i%2 == 1 {
-			first, second, firstT, secondT = lm, raw, &lmT, &rawT
-		}
-		t0 := time.Now()
-		if err := first(i); err != nil {
-			b.Fatal(err)
-		}
-		t1 := time.Now()
-		if err := second(i); err != nil {
-			b.Fatal(err)
-		}
-		*firstT += t1.Sub(t0)
-		*secondT += time.Since(t1)
-	}
-	b.StopTimer()
+	rawT, lmT := testenv.Interleave(b, raw, lm)
 	b.ReportMetric(float64(rawT.Nanoseconds())/float64(b.N), "raw-ns/op")
 	b.ReportMetric(float64(lmT.Nanoseconds())/float64(b.N), "lazy-ns/op")
 	b.ReportMetric(float64(lmT)/float64(rawT), "ratio")

@@ -183,28 +183,10 @@ func decode[T any](t *testing.T, r result) T {
 	return v
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a command writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // background runs a command line in process until it returns; wait
 // returns its result.
-func background(args ...string) (stderr *syncBuffer, wait func() result) {
-	stdout, errOut := &syncBuffer{}, &syncBuffer{}
+func background(args ...string) (stderr *testenv.SyncBuffer, wait func() result) {
+	stdout, errOut := &testenv.SyncBuffer{}, &testenv.SyncBuffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(context.Background(), args, stdout, errOut) }()
 	return errOut, func() result {

@@ -17,12 +17,12 @@ import (
 // proc is a sweeper running as a process of its own, to be signalled.
 type proc struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testenv.SyncBuffer
 }
 
 func (b *bundle) start(t *testing.T, cmd string, extra ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary(t), b.args(cmd, extra...)...), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	p := &proc{cmd: exec.Command(binary(t), b.args(cmd, extra...)...), stdout: &testenv.SyncBuffer{}, stderr: &testenv.SyncBuffer{}}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -308,7 +308,7 @@ func TestServeCutsOffRequestsAtShutdownTimeout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	addr := freeAddr(t)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	served := make(chan error, 1)
 	go func() {
 		served <- run(ctx, append([]string{"serve", "-addr", addr, "-worker=false", "-shutdown-timeout", "300ms"}, b.connArgs()...), io.Discard, &logs)

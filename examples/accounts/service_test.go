@@ -195,7 +195,7 @@ func TestServeAndWorkerCommands(t *testing.T) {
 	defer cancel()
 
 	addr := freeAddr(t)
-	var serveOut, logs syncBuffer
+	var serveOut, logs testenv.SyncBuffer
 	served := make(chan error, 1)
 	go func() {
 		served <- run(ctx, append([]string{"serve", "-addr", addr, "-worker=false"}, b.connArgs()...), &serveOut, &logs)

@@ -24,8 +24,17 @@ import (
 // Defaults of Config. Each worker waits on a database most of the time
 // (locks, COPY, commit), so two per core keep a 2-core machine busy: 4
 // workers swept 1.1-1.25x faster than 2 in BenchmarkSweep.
+//
+// A chunk of 32,768 keys is 32 lock stripes at promote's default width:
+// one NEW transaction, and no stripe shared with the next chunk, which
+// would make the two workers wait for each other. Where most keys are
+// settled, what is left costs per chunk (a statement on each side and a
+// commit) as much as per row: 10,000-key chunks swept 90%-settled
+// scattered keys in 0.27x the time of an empty sweep, 32,768-key ones in
+// 0.19-0.21x. A concurrent Delete of a key in a chunk being written waits
+// for that chunk's transaction.
 const (
-	DefaultChunk   = 10_000
+	DefaultChunk   = 1 << 15
 	DefaultWorkers = 4
 )
 
@@ -215,6 +224,10 @@ func New(cfg *Config) (*Sweeper, error) {
 	// The sweep marks each chunk whole once it is done.
 	c.Copier = c.Copier.WithMarker(nil)
 	s := &Sweeper{cfg: c, table: c.Copier.Table(), log: c.Logger.With("table", c.Copier.Table())}
+	if stripe := int64(1) << c.Copier.StripeBits(); stripe <= promote.MaxRangeKeys && c.Chunk%stripe != 0 {
+		s.log.Warn("chunks share lock stripes: workers copying neighbouring chunks will wait for each other; "+
+			"make the chunk a multiple of the stripe", "chunk", c.Chunk, "stripe", stripe)
+	}
 	s.metrics = newSweepMetrics(c.Registerer, s.table)
 	var tc ThrottleConfig
 	if c.Throttle != nil {

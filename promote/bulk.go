@@ -46,6 +46,12 @@ const firstUserOID = 16384
 // fail with a unique violation, and the range is listed and written again,
 // from the rows already read, and in the end on the row path, whose insert
 // skips conflicts.
+//
+// Given keys (the unsettled keys of a range, from the tracker), the first
+// attempt lists only their tombstones: NEW holds an unsettled key only in
+// the moment between a writer's commit and its mark, and then the COPY's
+// unique violation says so. Probing NEW's index for every key cost a fifth
+// of copying them when most keys of a sweep's chunks were settled.
 type bulkRange struct {
 	old, new  acquirer
 	tableID   string
@@ -55,6 +61,7 @@ type bulkRange struct {
 	copyIn    string
 	listSQL   string // keys of a range NEW has or has tombstoned
 	listKeys  string // the same among given keys
+	listTombs string // the tombstoned among given keys
 }
 
 // newBulkRange returns nil when the copier cannot use COPY.
@@ -75,6 +82,8 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 	}
 	key := oldKey.Ident()
 	newKey := c.cols[c.keyIdx].Ident()
+	listTombs := fmt.Sprintf(`SELECT key, true FROM %s WHERE table_name = $2 AND key >= $3::bigint AND key < $4::bigint AND key = ANY($1::bigint[])`,
+		schema.Tombstones)
 	return &bulkRange{
 		old: oldA, new: newA, tableID: nt.ID,
 		oldSelect: fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= %%d AND %s < %%d`,
@@ -86,9 +95,12 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 		listSQL: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint
 UNION ALL
 SELECT key, true FROM %[3]s WHERE table_name = $3 AND key >= $1::bigint AND key < $2::bigint`, newKey, nt.Ident, schema.Tombstones),
-		listKeys: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s = ANY($1::bigint[])
+		// The given keys lie in [$3, $4): the bounds keep each index scan
+		// to the range, whatever the planner thinks of a long array.
+		listKeys: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $3::bigint AND %[1]s < $4::bigint AND %[1]s = ANY($1::bigint[])
 UNION ALL
-SELECT key, true FROM %[3]s WHERE table_name = $2 AND key = ANY($1::bigint[])`, newKey, nt.Ident, schema.Tombstones),
+%[3]s`, newKey, nt.Ident, listTombs),
+		listTombs: listTombs,
 	}
 }
 
@@ -183,8 +195,12 @@ func (c *Copier) writeBulkPart(ctx context.Context, lo, hi int64, ks []int64, ro
 	if h := c.cfg.Hooks.AfterRead; h != nil {
 		h(ctx, rows.keys())
 	}
+	tries := 3
+	if len(ks) > 0 {
+		tries++ // the first attempt lists only tombstones
+	}
 	for attempt := 1; ; attempt++ {
-		res, err := c.writeNewBinary(ctx, lo, hi, ks, rows)
+		res, err := c.writeNewBinary(ctx, lo, hi, ks, rows, attempt > 1)
 		if err == nil {
 			res.Absent = max(0, domain-len(rows.tuples)-(res.Tombstoned-res.tombstonedInOld))
 			if h := c.cfg.Hooks.AfterCommit; h != nil {
@@ -197,7 +213,7 @@ func (c *Copier) writeBulkPart(ctx context.Context, lo, hi int64, ks []int64, ro
 		if !isUniqueViolation(err) {
 			return Result{}, Result{}, err
 		}
-		if attempt == 3 {
+		if attempt == tries {
 			// Writers keep adding keys of this range around the locks:
 			// the row path's insert skips what they add. It sees only
 			// OLD's keys; the last listing knows the range's other
@@ -253,9 +269,11 @@ func (c *Copier) splitBulk(ctx context.Context, lo, hi int64, ks []int64) (res, 
 func (c *Copier) readBulkPart(ctx context.Context, lo, hi int64, ks []int64) (rows *binaryRows, complete bool, _ error) {
 	sel := fmt.Sprintf(c.bulk.oldSelect, lo, hi)
 	if len(ks) > 0 {
-		// COPY takes no parameters; a constant array is also one Postgres
-		// hashes.
-		sel = fmt.Sprintf(`%s AND %s = ANY('%s'::bigint[])`, sel, c.bulk.oldKey, int64Array(ks))
+		// COPY takes no parameters, so the keys are a constant. Inside a
+		// sub-select the planner does not estimate each one (a third of
+		// the statement's time for 3,000 keys), and the bounds keep the
+		// scan to the range.
+		sel = fmt.Sprintf(`%s AND %s = ANY(CAST((SELECT '%s'::bigint[]) AS bigint[]))`, sel, c.bulk.oldKey, int64Array(ks))
 	}
 	return c.readOldBinary(ctx, "COPY ("+sel+" ORDER BY "+c.bulk.oldKey+") TO STDOUT (FORMAT binary)")
 }
@@ -268,8 +286,9 @@ type bulkResult struct {
 
 // writeNewBinary writes rows read from OLD for [lo, hi) (or for its keys ks)
 // into NEW in one transaction: it locks the stripes, lists the keys NEW has
-// or has tombstoned, and copies the other rows.
-func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, rows *binaryRows) (res bulkResult, err error) {
+// or has tombstoned, and copies the other rows. For keys, unless listAll,
+// it lists only the tombstoned ones (see bulkRange).
+func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, rows *binaryRows, listAll bool) (res bulkResult, err error) {
 	b := c.bulk
 	conn, err := b.new.Acquire(ctx)
 	if err != nil {
@@ -299,10 +318,13 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 	batch := &pgx.Batch{}
 	batch.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
 	batch.Queue(lockSQL, c.locks.ids(stripes))
-	if len(ks) == 0 {
+	switch {
+	case len(ks) == 0:
 		batch.Queue(b.listSQL, lo, hi, b.tableID)
-	} else {
-		batch.Queue(b.listKeys, ks, b.tableID)
+	case listAll:
+		batch.Queue(b.listKeys, ks, b.tableID, lo, hi)
+	default:
+		batch.Queue(b.listTombs, ks, b.tableID, lo, hi)
 	}
 	skip := map[int64]bool{} // key -> tombstoned
 	br := conn.SendBatch(ctx, batch)

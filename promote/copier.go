@@ -259,6 +259,10 @@ func (c *Copier) Table() string { return c.cfg.Table }
 // TableID returns NEW's table as "schema.name".
 func (c *Copier) TableID() string { return c.tableID }
 
+// StripeBits returns the lock granularity NEW records for the table: keys
+// k and j share a lock stripe when k>>StripeBits == j>>StripeBits.
+func (c *Copier) StripeBits() uint { return c.cfg.StripeBits }
+
 // HasTransform reports whether the copier transforms OLD rows, that is,
 // whether OLD's and NEW's schemas differ.
 func (c *Copier) HasTransform() bool { return c.cfg.Transform != nil }

@@ -38,12 +38,12 @@ func TestInterruptDuringRateLimitWait(t *testing.T) {
 func TestShardWithAnotherChunkIsRefused(t *testing.T) {
 	const n = 8_000
 	b := setup(t, n)
-	if r := b.sweeper(t, "run", "--chunk", "1000", "--shard", "0/2", "--json", "--quiet"); r.code != 0 {
+	if r := b.sweeper(t, "run", "--chunk", "1024", "--shard", "0/2", "--json", "--quiet"); r.code != 0 {
 		t.Fatalf("shard 0/2: %v", r)
 	}
-	r := b.sweeper(t, "run", "--chunk", "2000", "--shard", "1/2", "--json", "--quiet")
+	r := b.sweeper(t, "run", "--chunk", "2048", "--shard", "1/2", "--json", "--quiet")
 	wantOneLineError(t, r, "differs from the unfinished sweep's")
-	if r := b.sweeper(t, "run", "--chunk", "1000", "--shard", "1/2", "--json", "--quiet"); r.code != 0 {
+	if r := b.sweeper(t, "run", "--chunk", "1024", "--shard", "1/2", "--json", "--quiet"); r.code != 0 {
 		t.Fatalf("shard 1/2 with the sweep's chunk size: %v", r)
 	}
 	if st := b.status(t); st.Percent != 100 {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -166,6 +167,7 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res, u
 	}
 	if !complete {
 		if len(rows.tuples) == 0 { // a single row is past the bound
+			rows.release()
 			return c.splitBulk(ctx, lo, hi, ks)
 		}
 		// OLD sends rows in key order: those read are all the part's rows
@@ -177,12 +179,14 @@ func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res, u
 			ks, rest = ks[:n], ks[n:]
 		}
 		r, u, err := c.writeBulkPart(ctx, lo, cut, ks, rows)
+		rows.release()
 		if err != nil || (ks != nil && len(rest) == 0) || cut >= hi {
 			return r, u, err
 		}
 		r2, u2, err := c.bulkOnce(ctx, cut, hi, rest)
 		return r.Add(r2), u.Add(u2), err
 	}
+	defer rows.release()
 	return c.writeBulkPart(ctx, lo, hi, ks, rows)
 }
 
@@ -393,7 +397,12 @@ func (c *Copier) readOldBinary(ctx context.Context, copyOut string) (_ *binaryRo
 		return nil, false, oldError(c.cfg.Table, err)
 	}
 	defer conn.Release()
-	buf := cappedBuffer{max: c.cfg.BulkBytes}
+	pooled, _ := bufPool.Get().(*bulkBuf)
+	if pooled == nil {
+		pooled = new(bulkBuf)
+	}
+	pooled.data.Reset()
+	buf := cappedBuffer{Buffer: &pooled.data, max: c.cfg.BulkBytes}
 	complete = true
 	if _, err := conn.Conn().PgConn().CopyTo(ctx, &buf, copyOut); err != nil {
 		if !errors.Is(err, errTooBig) {
@@ -402,11 +411,14 @@ func (c *Copier) readOldBinary(ctx context.Context, copyOut string) (_ *binaryRo
 		// pgconn closes the connection; the pool drops it on Release.
 		complete = false
 	}
-	rows, err := parseBinaryCopy(buf.Bytes(), c.bulk.keyField, !complete)
+	rows, err := parseBinaryCopy(buf.Bytes(), c.bulk.keyField, !complete, pooled.tuples[:0])
 	if err != nil {
+		bufPool.Put(pooled)
 		return nil, false, fmt.Errorf("promote: copy %s: reading OLD's COPY output: %w", c.cfg.Table, err)
 	}
+	rows.buf = pooled
 	if err := rows.checkUnique(); err != nil {
+		rows.release()
 		return nil, false, fmt.Errorf("promote: copy %s: %w", c.cfg.Table, err)
 	}
 	return rows, complete, nil
@@ -438,9 +450,25 @@ var errTooBig = errors.New("promote: rows too big to hold at once")
 
 // cappedBuffer is a bytes.Buffer that refuses to grow past max bytes.
 type cappedBuffer struct {
-	bytes.Buffer
+	*bytes.Buffer
 	max int
 }
+
+// bulkBuf holds the rows of one part read from OLD. Parts are read one
+// after another, each worker holding one at a time: reusing their buffers
+// keeps a sweep's memory what its workers hold, not what the collector has
+// yet to return (the peak RSS of a 10M-row sweep was 1.2x a 1M-row one's
+// with a fresh buffer for each 32,768-key chunk).
+type bulkBuf struct {
+	data   bytes.Buffer
+	tuples []binaryTuple
+}
+
+// bufPool holds the bulkBufs not in use; one that grew past maxPooledBuf,
+// for rows far wider than usual, is left to the collector.
+var bufPool sync.Pool
+
+const maxPooledBuf = 16 << 20
 
 func (b *cappedBuffer) Write(p []byte) (int, error) {
 	if b.Len()+len(p) > b.max {
@@ -456,6 +484,17 @@ type binaryRows struct {
 	data      []byte
 	headerEnd int
 	tuples    []binaryTuple
+	buf       *bulkBuf // where data and tuples live, when pooled
+}
+
+// release returns the rows' memory for the next part to use. r must not be
+// used after.
+func (r *binaryRows) release() {
+	if b := r.buf; b != nil && b.data.Cap() <= maxPooledBuf {
+		b.tuples = r.tuples[:0]
+		bufPool.Put(b)
+	}
+	*r = binaryRows{}
 }
 
 type binaryTuple struct {
@@ -470,8 +509,8 @@ const binaryCopySignature = "PGCOPY\n\xff\r\n\x00"
 // an integer, in each.
 //
 // With partial set, data may end in the middle of a row: the whole rows
-// before it are returned.
-func parseBinaryCopy(data []byte, keyField int, partial bool) (*binaryRows, error) {
+// before it are returned. The tuples are appended to tuples.
+func parseBinaryCopy(data []byte, keyField int, partial bool, tuples []binaryTuple) (*binaryRows, error) {
 	if partial && len(data) < 19 {
 		return &binaryRows{data: data}, nil // not even the header
 	}
@@ -479,7 +518,7 @@ func parseBinaryCopy(data []byte, keyField int, partial bool) (*binaryRows, erro
 		return nil, errors.New("not binary COPY data")
 	}
 	pos := 19 + int(binary.BigEndian.Uint32(data[15:19])) // past the header extension
-	rows := &binaryRows{data: data, headerEnd: pos}
+	rows := &binaryRows{data: data, headerEnd: pos, tuples: tuples}
 	truncated := func() (*binaryRows, error) {
 		if partial {
 			return rows, nil
@@ -546,14 +585,16 @@ func (r *binaryRows) keys() []int64 {
 }
 
 // checkUnique refuses a key OLD returned twice, as the row path does:
-// which of the two would reach NEW would be chance.
+// which of the two would reach NEW would be chance. OLD sends the rows in
+// key order, so a key twice is a key equal to the one before.
 func (r *binaryRows) checkUnique() error {
-	seen := make(map[int64]struct{}, len(r.tuples))
-	for _, t := range r.tuples {
-		if _, dup := seen[t.key]; dup {
-			return fmt.Errorf("%w: OLD holds key %d more than once; the key column must be unique", ErrRowRejected, t.key)
+	for i := 1; i < len(r.tuples); i++ {
+		switch prev, k := r.tuples[i-1].key, r.tuples[i].key; {
+		case k == prev:
+			return fmt.Errorf("%w: OLD holds key %d more than once; the key column must be unique", ErrRowRejected, k)
+		case k < prev:
+			return fmt.Errorf("OLD sent key %d after %d, out of the order asked for", k, prev)
 		}
-		seen[t.key] = struct{}{}
 	}
 	return nil
 }

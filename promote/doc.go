@@ -11,7 +11,7 @@
 // sent in one round trip) that
 //
 //   - take the advisory locks of the keys' stripes (key >> StripeBits, in
-//     ascending order, so a dense 10k-key chunk holds about ten locks and
+//     ascending order, so a sweep's 32,768-key chunk holds 32 locks and
 //     two copies can never deadlock), serializing the copy with deletes;
 //   - insert with ON CONFLICT DO NOTHING, so a row NEW already has (written
 //     by the application, or copied before) is never replaced;

@@ -77,7 +77,7 @@ func cmdRun(ctx context.Context, c *cli, args []string) (int, error) {
 	c.prefixFlag(&f.prefix)
 	c.segmentBitsFlag(&f.segmentBits)
 	c.fs.UintVar(&f.stripeBits, "stripe-bits", 0, "lock stripe width, as the application's promote.CopierConfig.StripeBits (default: the width NEW has recorded for the table, else 10)")
-	c.fs.Int64Var(&f.chunk, "chunk", coldsweep.DefaultChunk, "`keys` per chunk: the unit of copying, of resuming and of --shard")
+	c.fs.Int64Var(&f.chunk, "chunk", coldsweep.DefaultChunk, "`keys` per chunk: the unit of copying, of resuming and of --shard; best a multiple of the lock stripe")
 	c.fs.IntVar(&f.workers, "workers", coldsweep.DefaultWorkers, "`number` of chunks copied at once")
 	c.fs.Float64Var(&f.rate, "rate", 0, "at most this many `keys` per second are copied (0: no limit)")
 	c.fs.DurationVar(&f.maxLatency, "max-latency", 200*time.Millisecond, "hold the sweep while SELECT 1 takes longer than this on OLD or NEW (0: never)")

@@ -12,7 +12,9 @@
 //
 // Errors keep "not found" and "could not tell" apart: a key that is not
 // settled while OLD is down returns [ErrOldUnavailable], never
-// [ErrNotFound].
+// [ErrNotFound]. While NEW cannot be reached, reads return
+// [ErrNewUnavailable], or, with [Config.ServeOldWhileNewDown], are served
+// from OLD, which mirroring keeps current.
 //
 // # Writes
 //

@@ -2,6 +2,7 @@ package lazy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -27,6 +28,22 @@ func (r *Repo[T]) GetMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 	return out, err
 }
 
+// getManyOld reads the keys ks from OLD alone into out, counting the rows
+// found as outcome.
+func (r *Repo[T]) getManyOld(ctx context.Context, ks []int64, out map[int64]T, outcome string) (map[int64]T, error) {
+	if err := queryKeyed(ctx, r.old, r.oldManySQL, ks, r.cfg.ScanOld, out); err != nil {
+		r.reads.WithLabelValues("error").Add(float64(len(ks)))
+		err = r.manyErr(ErrOldUnavailable, len(ks), err)
+		if outcome == "old_new_down" && errors.Is(err, ErrOldUnavailable) {
+			err = fmt.Errorf("%w, and %w", ErrNewUnavailable, err)
+		}
+		return nil, err
+	}
+	r.reads.WithLabelValues(outcome).Add(float64(len(out)))
+	r.reads.WithLabelValues("not_found").Add(float64(len(ks) - len(out)))
+	return out, nil
+}
+
 func (r *Repo[T]) getMany(ctx context.Context, ks []int64) (map[int64]T, error) {
 	if err := keys.CheckAll(ks); err != nil {
 		r.reads.WithLabelValues("error").Inc()
@@ -38,16 +55,17 @@ func (r *Repo[T]) getMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 		return out, nil
 	}
 	mode := r.mode()
-	if mode == fallback.ModeOld {
-		if err := queryKeyed(ctx, r.old, r.oldManySQL, ks, r.cfg.ScanOld, out); err != nil {
-			r.reads.WithLabelValues("error").Add(float64(len(ks)))
-			return nil, r.manyErr(ErrOldUnavailable, len(ks), err)
-		}
-		r.reads.WithLabelValues("old").Add(float64(len(out)))
-		r.reads.WithLabelValues("not_found").Add(float64(len(ks) - len(out)))
-		return out, nil
+	switch {
+	case mode == fallback.ModeOld:
+		return r.getManyOld(ctx, ks, out, "old")
+	case r.skipNew(mode):
+		return r.getManyOld(ctx, ks, out, "old_new_down")
 	}
 	if err := queryKeyed(ctx, r.new, r.newManySQL, ks, r.cfg.Scan, out); err != nil {
+		if r.failOver(ctx, mode, err) {
+			clear(out) // rows scanned before NEW went away
+			return r.getManyOld(ctx, ks, out, "old_new_down")
+		}
 		r.reads.WithLabelValues("error").Add(float64(len(ks)))
 		return nil, r.manyErr(ErrNewUnavailable, len(ks), err)
 	}

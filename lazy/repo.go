@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,6 +134,18 @@ type Config[T any] struct {
 	// ReconcileQueue is the asynq queue of reconcile tasks. Defaults to
 	// "lazymigrate".
 	ReconcileQueue string
+	// ServeOldWhileNewDown answers reads from OLD alone while NEW cannot be
+	// reached, in readthrough mode, as the "old" mode would: the design's
+	// "NEW down: reads served from OLD while mirroring keeps OLD current".
+	// It needs mirroring. OLD then lacks only the writes whose mirror
+	// failed and has not been reconciled yet (mirror_total{outcome=
+	// "failed"} counts them): such a key reads as it was before that write
+	// until NEW is back. Writes keep failing while NEW is down; NEW is the
+	// system of record. Off by default: reads fail with ErrNewUnavailable.
+	ServeOldWhileNewDown bool
+	// NewDownRetry is how long reads go straight to OLD after NEW could
+	// not be reached, before NEW is tried again. Defaults to 1 second.
+	NewDownRetry time.Duration
 	// MirrorTimeout bounds the OLD step of a write: past it the write
 	// returns (NEW has committed) and the change is left to a reconcile.
 	// Defaults to 5 seconds.
@@ -164,6 +179,7 @@ type Repo[T any] struct {
 	tombsSQL   string
 
 	trackerDownUntil atomic.Int64 // unix nanos
+	newDownUntil     atomic.Int64 // unix nanos; see Config.ServeOldWhileNewDown
 
 	w    *writes[T]     // nil without Config.Copier
 	bg   sync.WaitGroup // background completion of writes
@@ -206,8 +222,12 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	c.RelayDelay = cmp.Or(c.RelayDelay, 10*time.Second)
 	c.RelayInterval = cmp.Or(c.RelayInterval, time.Second)
 	c.MirrorTimeout = cmp.Or(c.MirrorTimeout, 5*time.Second)
-	if c.TrackerTimeout < 0 || c.RelayDelay < 0 || c.RelayInterval < 0 || c.MirrorTimeout < 0 {
-		return nil, errors.New("lazy: Config.TrackerTimeout, MirrorTimeout, RelayDelay and RelayInterval must not be negative")
+	c.NewDownRetry = cmp.Or(c.NewDownRetry, time.Second)
+	if c.TrackerTimeout < 0 || c.RelayDelay < 0 || c.RelayInterval < 0 || c.MirrorTimeout < 0 || c.NewDownRetry < 0 {
+		return nil, errors.New("lazy: Config.TrackerTimeout, MirrorTimeout, RelayDelay, RelayInterval and NewDownRetry must not be negative")
+	}
+	if c.ServeOldWhileNewDown && c.DisableMirror {
+		return nil, errors.New("lazy: Config.ServeOldWhileNewDown needs mirroring: with DisableMirror, OLD lacks every write made in NEW")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -263,7 +283,7 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	}
 
 	r.reads = metrics.CounterVec(c.Registerer, "reads_total",
-		"Keys read through lazymigrate, by outcome: new (served by NEW), old (served by OLD, promotion scheduled), not_found, error.",
+		"Keys read through lazymigrate, by outcome: new (served by NEW), old (served by OLD, promotion scheduled), old_new_down (served by OLD while NEW is unreachable), not_found, error.",
 		"table", "outcome").MustCurryWith(prometheus.Labels{"table": c.Table})
 	r.duration = metrics.HistogramVec(c.Registerer, "read_duration_seconds",
 		"Latency of Get (per key) and GetMany (per call, outcome batch).", metrics.LatencyBuckets,
@@ -305,11 +325,17 @@ func (r *Repo[T]) get(ctx context.Context, key int64) (T, string, error) {
 	if mode == fallback.ModeOld {
 		return r.getOld(ctx, key)
 	}
+	if r.skipNew(mode) {
+		return r.getOldNewDown(ctx, key)
+	}
 	v, err := queryOne(ctx, r.new, r.newSQL, key, r.cfg.Scan)
 	switch {
 	case err == nil:
 		return v, "new", nil
 	case !errors.Is(err, pgx.ErrNoRows):
+		if r.failOver(ctx, mode, err) {
+			return r.getOldNewDown(ctx, key)
+		}
 		return zero, "error", r.newErr(key, err)
 	case mode == fallback.ModeNew:
 		return zero, "not_found", r.notFound(key)
@@ -339,6 +365,53 @@ func (r *Repo[T]) getOld(ctx context.Context, key int64) (T, string, error) {
 	default:
 		return zero, "error", fmt.Errorf("%w: get %s key %d: %w", ErrOldUnavailable, r.cfg.Table, key, err)
 	}
+}
+
+// skipNew reports whether reads go straight to OLD: NEW could not be
+// reached less than NewDownRetry ago (see Config.ServeOldWhileNewDown).
+func (r *Repo[T]) skipNew(mode fallback.Mode) bool {
+	return r.cfg.ServeOldWhileNewDown && mode == fallback.ModeReadthrough && time.Now().UnixNano() < r.newDownUntil.Load()
+}
+
+// failOver reports whether a read NEW failed with err goes to OLD instead:
+// NEW could not be reached, and Config.ServeOldWhileNewDown allows it. It
+// then sends reads straight to OLD for NewDownRetry.
+func (r *Repo[T]) failOver(ctx context.Context, mode fallback.Mode, err error) bool {
+	if !r.cfg.ServeOldWhileNewDown || mode != fallback.ModeReadthrough || ctx.Err() != nil || !unreachable(err) {
+		return false
+	}
+	now := time.Now()
+	if prev := r.newDownUntil.Swap(now.Add(r.cfg.NewDownRetry).UnixNano()); prev < now.UnixNano() {
+		r.log.WarnContext(ctx, "NEW unreachable: serving reads from OLD", "table", r.cfg.Table, "retry_in", r.cfg.NewDownRetry, "err", err)
+	}
+	return true
+}
+
+// getOldNewDown serves a read from OLD alone while NEW is unreachable.
+func (r *Repo[T]) getOldNewDown(ctx context.Context, key int64) (T, string, error) {
+	v, outcome, err := r.getOld(ctx, key)
+	switch {
+	case outcome == "old":
+		outcome = "old_new_down"
+	case errors.Is(err, ErrOldUnavailable):
+		err = fmt.Errorf("%w, and %w", ErrNewUnavailable, err)
+	}
+	return v, outcome, err
+}
+
+// unreachable reports whether err says that a database could not be
+// reached or went away, rather than that it refused the statement: a
+// failed dial, a broken connection, or a server shutting down or not yet
+// accepting connections (SQLSTATE class 08, 57P01-57P03).
+func unreachable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connErr) || errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // fallback resolves a key NEW did not have. The tombstone and the tracker

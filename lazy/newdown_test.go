@@ -1,0 +1,145 @@
+package lazy_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lazymigrate/lazymigrate/fallback"
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
+	"github.com/lazymigrate/lazymigrate/lazy"
+)
+
+// switchableNew is a pool on NEW whose server can be taken away: down
+// refuses new connections and kills the open ones, as a crashed or
+// fenced-off NEW would.
+type switchableNew struct {
+	pool *pgxpool.Pool
+	app  string
+	down atomic.Bool
+}
+
+func newSwitchable(t *testing.T, b *testBundle) *switchableNew {
+	t.Helper()
+	s := &switchableNew{app: "lm-newdown-" + testenv.Suffix()}
+	s.pool = b.pair.New.NewPool(t, func(c *pgxpool.Config) {
+		c.ConnConfig.RuntimeParams["application_name"] = s.app
+		c.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if s.down.Load() {
+				return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+	})
+	return s
+}
+
+func (s *switchableNew) setDown(t *testing.T, b *testBundle, down bool) {
+	t.Helper()
+	s.down.Store(down)
+	if down {
+		b.pair.Old.Exec(t, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1`, s.app)
+	}
+}
+
+// Invariant 7, NEW down: with ServeOldWhileNewDown, reads are answered from
+// OLD, which mirroring kept current (a written key reads as written, a
+// deleted one as not found); writes fail; once NEW is back, reads go to it
+// again. Without the option, or in mode "new", a read is an error that
+// says NEW is unavailable.
+func TestReadsServedFromOldWhileNewDown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	nw := newSwitchable(t, b)
+	newRepo := func(cfg lazy.Config[Account]) *lazy.Repo[Account] {
+		t.Helper()
+		cfg.Table, cfg.Copier, cfg.Tracker, cfg.Registerer = "accounts", b.copier, b.tracker, b.reg
+		repo, err := lazy.New(ctx, b.pair.Old.Pool, nw.pool, &cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(repo.Close)
+		return repo
+	}
+	repo := newRepo(lazy.Config[Account]{ServeOldWhileNewDown: true, NewDownRetry: 50 * time.Millisecond})
+	strict := newRepo(lazy.Config[Account]{})
+	sw, err := fallback.New(nil, "accounts", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw.Override(fallback.ModeNew)
+	completed := newRepo(lazy.Config[Account]{ServeOldWhileNewDown: true, Mode: sw})
+
+	written, err := repo.Put(ctx, 1, account(1, "written in NEW"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Delete(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+
+	nw.setDown(t, b, true)
+	if got, err := repo.Get(ctx, 1); err != nil || !same(got, written) {
+		t.Fatalf("Get(1) with NEW down = %+v, %v; want the write, from OLD", got, err)
+	}
+	if _, err := repo.Get(ctx, 2); !errors.Is(err, lazy.ErrNotFound) {
+		t.Fatalf("Get(deleted 2) with NEW down: err = %v, want ErrNotFound", err)
+	}
+	if got, err := repo.Get(ctx, 3); err != nil || got.ID != 3 {
+		t.Fatalf("Get(3) with NEW down = %+v, %v; want OLD's row", got, err)
+	}
+	many, err := repo.GetMany(ctx, []int64{1, 2, 3, 5000})
+	if err != nil || len(many) != 2 || !same(many[1], written) || many[3].ID != 3 {
+		t.Fatalf("GetMany with NEW down = %v, %v; want keys 1 and 3", keysOf(many), err)
+	}
+	if got := b.metric(t, "lazymigrate_reads_total", "old_new_down"); got != 4 {
+		t.Fatalf("reads_total{old_new_down} = %v, want 4", got)
+	}
+	if _, err := repo.Put(ctx, 3, account(3, "while NEW is down")); !errors.Is(err, lazy.ErrNewUnavailable) {
+		t.Fatalf("Put with NEW down: err = %v, want ErrNewUnavailable", err)
+	}
+	for name, r := range map[string]*lazy.Repo[Account]{"without the option": strict, "in mode new": completed} {
+		if _, err := r.Get(ctx, 3); !errors.Is(err, lazy.ErrNewUnavailable) {
+			t.Fatalf("Get(3) %s with NEW down: err = %v, want ErrNewUnavailable", name, err)
+		}
+		if _, err := r.GetMany(ctx, []int64{3}); !errors.Is(err, lazy.ErrNewUnavailable) {
+			t.Fatalf("GetMany %s with NEW down: err = %v, want ErrNewUnavailable", name, err)
+		}
+	}
+	if got, err := repo.Get(ctx, 3); err != nil || got.Name == "while NEW is down" {
+		t.Fatalf("Get(3) after the refused Put = %+v, %v; want OLD's row unchanged", got, err)
+	}
+
+	nw.setDown(t, b, false)
+	before := b.metric(t, "lazymigrate_reads_total", "new")
+	deadline := time.Now().Add(10 * time.Second)
+	for b.metric(t, "lazymigrate_reads_total", "new") == before {
+		if time.Now().After(deadline) {
+			t.Fatal("reads did not go back to NEW within 10s of it coming back")
+		}
+		if got, err := repo.Get(ctx, 1); err != nil || !same(got, written) {
+			t.Fatalf("Get(1) as NEW comes back = %+v, %v", got, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Serving OLD while NEW is down relies on mirroring, and is refused without.
+func TestServeOldWhileNewDownNeedsMirroring(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	_, err := lazy.New(context.Background(), b.oldPool, b.newPool, &lazy.Config[Account]{
+		Table: "accounts", ServeOldWhileNewDown: true, DisableMirror: true})
+	if err == nil || !strings.Contains(err.Error(), "needs mirroring") {
+		t.Fatalf("New with ServeOldWhileNewDown and DisableMirror: err = %v, want one saying it needs mirroring", err)
+	}
+}

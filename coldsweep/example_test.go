@@ -57,7 +57,7 @@ func ExampleSweeper() {
 	}
 	fmt.Printf("a second run skips %d of %d chunks\n", again.ChunksSkipped, again.Chunks)
 	// Output:
-	// swept [1, 50001): 6 chunks, 49997 rows copied, 3 already in NEW
+	// swept [1, 50001): 2 chunks, 49997 rows copied, 3 already in NEW
 	// settled: 50000 of 50000 keys
-	// a second run skips 6 of 6 chunks
+	// a second run skips 2 of 2 chunks
 }

@@ -12,6 +12,23 @@ import (
 	"github.com/lazymigrate/lazymigrate/promote"
 )
 
+// bulkFixture sets up OLD with keys 1..100 but multiples of 10, and a
+// copier with 4-key stripes, on the bulk path unless noBulk, that counts
+// the NEW transactions of its bulk path. NEW holds rows 5 (also in OLD) and
+// 150 (not), and tombstones 3 and 77 (in OLD) and 20 (not).
+func bulkFixture(t *testing.T, noBulk bool) (*testBundle, *atomic.Int64) {
+	t.Helper()
+	locked := new(atomic.Int64)
+	b := setup(t, &promote.CopierConfig{StripeBits: 2, NoBulk: noBulk,
+		Hooks: promote.Hooks{AfterLock: func(context.Context, int64, int64) { locked.Add(1) }}})
+	b.pair.New.Exec(t, `INSERT INTO accounts VALUES
+		(5, 'new@example.com', 'Written in NEW', 1, 'active', '2021-01-01Z', '2021-01-01Z'),
+		(150, 'only@example.com', 'Only in NEW', 2, 'active', '2021-01-01Z', '2021-01-01Z')`)
+	b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key)
+		VALUES ('public.accounts', 3), ('public.accounts', 20), ('public.accounts', 77)`)
+	return b, locked
+}
+
 // The bulk path (binary COPY) and the row path agree on what they copy and
 // on what they report, with rows present in NEW, tombstones inside and
 // outside OLD, and a range wider than one transaction's stripes.
@@ -24,14 +41,7 @@ func TestCopyRangeBulkMatchesRowPath(t *testing.T) {
 		bulked int64
 	}
 	run := func(noBulk bool) outcome {
-		var locked atomic.Int64
-		b := setup(t, &promote.CopierConfig{StripeBits: 2, NoBulk: noBulk,
-			Hooks: promote.Hooks{AfterLock: func(context.Context, int64, int64) { locked.Add(1) }}})
-		b.pair.New.Exec(t, `INSERT INTO accounts VALUES
-			(5, 'new@example.com', 'Written in NEW', 1, 'active', '2021-01-01Z', '2021-01-01Z'),
-			(150, 'only@example.com', 'Only in NEW', 2, 'active', '2021-01-01Z', '2021-01-01Z')`)
-		b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key)
-			VALUES ('public.accounts', 3), ('public.accounts', 20), ('public.accounts', 77)`)
+		b, locked := bulkFixture(t, noBulk)
 		res, err := b.copier.CopyRange(ctx, 0, 300)
 		if err != nil {
 			t.Fatalf("noBulk=%v: %v", noBulk, err)

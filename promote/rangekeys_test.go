@@ -3,7 +3,6 @@ package promote_test
 import (
 	"context"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,14 +45,8 @@ func TestCopyRangeKeysBulkKeepsRowsNEWHolds(t *testing.T) {
 		locks int64
 	}
 	run := func(noBulk bool) outcome {
-		var locked atomic.Int64
-		b := setup(t, &promote.CopierConfig{StripeBits: 2, NoBulk: noBulk,
-			Hooks: promote.Hooks{AfterLock: func(context.Context, int64, int64) { locked.Add(1) }}})
-		b.pair.New.Exec(t, `INSERT INTO accounts VALUES
-			(5, 'new@example.com', 'Written in NEW', 1, 'active', '2021-01-01Z', '2021-01-01Z'),
-			(150, 'only@example.com', 'Only in NEW', 2, 'active', '2021-01-01Z', '2021-01-01Z')`)
-		b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key)
-			VALUES ('public.accounts', 3), ('public.accounts', 20), ('public.accounts', 77), ('public.accounts', 4)`)
+		b, locked := bulkFixture(t, noBulk)
+		b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key) VALUES ('public.accounts', 4)`)
 		res, err := b.copier.CopyRangeKeys(ctx, 0, 300, ks)
 		if err != nil {
 			t.Fatalf("noBulk=%v: %v", noBulk, err)

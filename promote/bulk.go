@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,10 +50,13 @@ const firstUserOID = 16384
 // skips conflicts.
 //
 // Given keys (the unsettled keys of a range, from the tracker), the first
-// attempt lists only their tombstones: NEW holds an unsettled key only in
-// the moment between a writer's commit and its mark, and then the COPY's
-// unique violation says so. Probing NEW's index for every key cost a fifth
-// of copying them when most keys of a sweep's chunks were settled.
+// attempt lists only their tombstones: NEW holds an unsettled key only
+// between a writer's commit and its mark, or when a mark failed (Redis
+// down), and then the COPY's unique violation says so. Probing NEW's index
+// for every key cost a fifth of copying them when most keys of a sweep's
+// chunks were settled. After such a violation the next listFirstParts
+// parts are listed first, since unmarked keys come in numbers after an
+// outage.
 type bulkRange struct {
 	old, new  acquirer
 	tableID   string
@@ -63,7 +67,27 @@ type bulkRange struct {
 	listSQL   string // keys of a range NEW has or has tombstoned
 	listKeys  string // the same among given keys
 	listTombs string // the tombstoned among given keys
+
+	listFirst atomic.Int32 // parts of given keys still to list in full first
 }
+
+// takeListFirst reports whether the next part of given keys is to be
+// listed in full first, counting it.
+func (b *bulkRange) takeListFirst() bool {
+	for {
+		n := b.listFirst.Load()
+		if n <= 0 {
+			return false
+		}
+		if b.listFirst.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+// listFirstParts is how many parts of given keys are listed in full after
+// one whose first attempt found a key NEW had.
+const listFirstParts = 16
 
 // newBulkRange returns nil when the copier cannot use COPY.
 func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bulkRange {
@@ -199,12 +223,14 @@ func (c *Copier) writeBulkPart(ctx context.Context, lo, hi int64, ks []int64, ro
 	if h := c.cfg.Hooks.AfterRead; h != nil {
 		h(ctx, rows.keys())
 	}
+	optimistic := len(ks) > 0 && !c.bulk.takeListFirst()
 	tries := 3
-	if len(ks) > 0 {
+	if optimistic {
 		tries++ // the first attempt lists only tombstones
 	}
 	for attempt := 1; ; attempt++ {
-		res, err := c.writeNewBinary(ctx, lo, hi, ks, rows, attempt > 1)
+		listAll := attempt > 1 || !optimistic
+		res, err := c.writeNewBinary(ctx, lo, hi, ks, rows, listAll)
 		if err == nil {
 			res.Absent = max(0, domain-len(rows.tuples)-(res.Tombstoned-res.tombstonedInOld))
 			if h := c.cfg.Hooks.AfterCommit; h != nil {
@@ -216,6 +242,9 @@ func (c *Copier) writeBulkPart(ctx context.Context, lo, hi int64, ks []int64, ro
 		}
 		if !isUniqueViolation(err) {
 			return Result{}, Result{}, err
+		}
+		if !listAll {
+			c.bulk.listFirst.Store(listFirstParts)
 		}
 		if attempt == tries {
 			// Writers keep adding keys of this range around the locks:
@@ -377,6 +406,11 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 	if len(rows.tuples)-res.Present-res.tombstonedInOld > 0 {
 		tag, err := conn.Conn().PgConn().CopyFrom(ctx, data, b.copyIn)
 		if err != nil {
+			if conn.Conn().PgConn().IsClosed() {
+				// pgconn may return from a broken COPY while its goroutine
+				// still reads the rows: their buffer is not for reuse.
+				rows.buf = nil
+			}
 			return res, newError(c.cfg.Table, err)
 		}
 		res.Copied = int(tag.RowsAffected())
@@ -413,7 +447,7 @@ func (c *Copier) readOldBinary(ctx context.Context, copyOut string) (_ *binaryRo
 	}
 	rows, err := parseBinaryCopy(buf.Bytes(), c.bulk.keyField, !complete, pooled.tuples[:0])
 	if err != nil {
-		bufPool.Put(pooled)
+		pooled.put()
 		return nil, false, fmt.Errorf("promote: copy %s: reading OLD's COPY output: %w", c.cfg.Table, err)
 	}
 	rows.buf = pooled
@@ -490,11 +524,17 @@ type binaryRows struct {
 // release returns the rows' memory for the next part to use. r must not be
 // used after.
 func (r *binaryRows) release() {
-	if b := r.buf; b != nil && b.data.Cap() <= maxPooledBuf {
+	if b := r.buf; b != nil {
 		b.tuples = r.tuples[:0]
-		bufPool.Put(b)
+		b.put()
 	}
 	*r = binaryRows{}
+}
+
+func (b *bulkBuf) put() {
+	if b.data.Cap() <= maxPooledBuf {
+		bufPool.Put(b)
+	}
 }
 
 type binaryTuple struct {

@@ -74,3 +74,36 @@ func TestCopyRangeKeysBulkKeepsRowsNEWHolds(t *testing.T) {
 		t.Fatalf("bulk path ran %d transactions, want 4", bulk.locks)
 	}
 }
+
+// Keys NEW holds but the tracker never marked (its marks failed while Redis
+// was down) come in numbers: after one part's first attempt finds one, the
+// following parts are listed in full at once instead of each paying a
+// failed COPY first.
+func TestCopyRangeKeysListsFirstAfterFindingUnmarkedRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b, locked := bulkFixture(t, false)
+	// With 4-key stripes a part spans at most 128 keys from its first
+	// key's stripe: here three parts. NEW holds one key OLD has in each (5
+	// is the fixture's).
+	b.pair.Old.Exec(t, `INSERT INTO accounts SELECT k, email, name, balance_cents, status, created_at, updated_at
+		FROM accounts, unnest('{140,141,290,291}'::bigint[]) k WHERE id = 1`)
+	b.pair.New.Exec(t, `INSERT INTO accounts VALUES
+		(140, 'n140@example.com', 'Written in NEW', 1, 'active', '2021-01-01Z', '2021-01-01Z'),
+		(290, 'n290@example.com', 'Written in NEW', 1, 'active', '2021-01-01Z', '2021-01-01Z')`)
+	res, err := b.copier.CopyRangeKeys(ctx, 0, 400, []int64{5, 6, 140, 141, 290, 291})
+	if want := (promote.Result{Copied: 3, Present: 3}); err != nil || res != want {
+		t.Fatalf("CopyRangeKeys = %+v, %v; want %+v", res, err, want)
+	}
+	// The first part twice (its first attempt fails on key 5), the others
+	// once each.
+	if n := locked.Load(); n != 4 {
+		t.Fatalf("bulk path ran %d transactions, want 4", n)
+	}
+	rows := rowsText(t, b.pair.New, "accounts")
+	for _, k := range []int64{5, 140, 290} {
+		if !strings.Contains(rows[k], "Written in NEW") {
+			t.Fatalf("NEW's row %d = %s, overwritten", k, rows[k])
+		}
+	}
+}

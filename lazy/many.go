@@ -61,11 +61,15 @@ func (r *Repo[T]) getMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 	case r.skipNew(mode):
 		return r.getManyOld(ctx, ks, out, "old_new_down")
 	}
-	if err := queryKeyed(ctx, r.new, r.newManySQL, ks, r.cfg.Scan, out); err != nil {
-		if r.failOver(ctx, mode, err) {
-			clear(out) // rows scanned before NEW went away
-			return r.getManyOld(ctx, ks, out, "old_new_down")
-		}
+	down, err := r.readNew(ctx, mode, func() error {
+		clear(out) // rows scanned before a connection broke
+		return queryKeyed(ctx, r.new, r.newManySQL, ks, r.cfg.Scan, out)
+	})
+	switch {
+	case down:
+		clear(out)
+		return r.getManyOld(ctx, ks, out, "old_new_down")
+	case err != nil:
 		r.reads.WithLabelValues("error").Add(float64(len(ks)))
 		return nil, r.manyErr(ErrNewUnavailable, len(ks), err)
 	}

@@ -3,6 +3,7 @@ package lazy_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lazymigrate/lazymigrate/fallback"
@@ -141,5 +143,61 @@ func TestServeOldWhileNewDownNeedsMirroring(t *testing.T) {
 		Table: "accounts", ServeOldWhileNewDown: true, DisableMirror: true})
 	if err == nil || !strings.Contains(err.Error(), "needs mirroring") {
 		t.Fatalf("New with ServeOldWhileNewDown and DisableMirror: err = %v, want one saying it needs mirroring", err)
+	}
+}
+
+// Only a NEW that cannot be reached sends reads to OLD: a connection of the
+// pool killed while NEW is up is retried on another, and a Scan error, even
+// one that reads like a cut connection, is the caller's.
+func TestNewDownIsNotABrokenConnectionOrAScanError(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	nw := newSwitchable(t, b)
+	scan := func(row pgx.CollectableRow) (Account, error) {
+		a, err := pgx.RowToStructByName[Account](row)
+		if err == nil && a.Name == "truncated" {
+			err = io.ErrUnexpectedEOF // as a decoder of a truncated payload says
+		}
+		return a, err
+	}
+	repo, err := lazy.New(ctx, b.pair.Old.Pool, nw.pool, &lazy.Config[Account]{Table: "accounts", Copier: b.copier,
+		Tracker: b.tracker, Registerer: b.reg, Scan: scan, ServeOldWhileNewDown: true, NewDownRetry: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+	written, err := repo.Put(ctx, 1, account(1, "written in NEW"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.pair.New.Exec(t, `INSERT INTO accounts VALUES (2, 'x@example.com', 'truncated', 1, 'active', now(), now())`)
+
+	if _, err := repo.Get(ctx, 2); !errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, lazy.ErrNewUnavailable) {
+		t.Fatalf("Get(2) with a failing Scan: err = %v, want the Scan's error", err)
+	}
+	// Kill the pool's connection while it is idle, and wait for it to go.
+	b.pair.Old.Exec(t, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1`, nw.app)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		if err := b.pair.Old.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, nw.app).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed backend did not go within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for range 3 {
+		if got, err := repo.Get(ctx, 1); err != nil || !same(got, written) {
+			t.Fatalf("Get(1) after a connection was killed = %+v, %v", got, err)
+		}
+	}
+	if n := b.metric(t, "lazymigrate_reads_total", "old_new_down"); n != 0 {
+		t.Fatalf("reads_total{old_new_down} = %v with NEW up, want 0", n)
 	}
 }

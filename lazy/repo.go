@@ -142,6 +142,13 @@ type Config[T any] struct {
 	// "failed"} counts them): such a key reads as it was before that write
 	// until NEW is back. Writes keep failing while NEW is down; NEW is the
 	// system of record. Off by default: reads fail with ErrNewUnavailable.
+	//
+	// NEW is down when no connection to it can be opened: a failed dial, or
+	// NEW refusing connections while it starts or stops. A read on a
+	// connection that broke (a killed backend) is tried again on another
+	// first. A NEW that stops answering without refusing is noticed only
+	// by pgx's ConnectTimeout, which should then be shorter than the
+	// callers' deadlines.
 	ServeOldWhileNewDown bool
 	// NewDownRetry is how long reads go straight to OLD after NEW could
 	// not be reached, before NEW is tried again. Defaults to 1 second.
@@ -328,14 +335,17 @@ func (r *Repo[T]) get(ctx context.Context, key int64) (T, string, error) {
 	if r.skipNew(mode) {
 		return r.getOldNewDown(ctx, key)
 	}
-	v, err := queryOne(ctx, r.new, r.newSQL, key, r.cfg.Scan)
+	var v T
+	down, err := r.readNew(ctx, mode, func() (err error) {
+		v, err = queryOne(ctx, r.new, r.newSQL, key, r.cfg.Scan)
+		return err
+	})
 	switch {
 	case err == nil:
 		return v, "new", nil
+	case down:
+		return r.getOldNewDown(ctx, key)
 	case !errors.Is(err, pgx.ErrNoRows):
-		if r.failOver(ctx, mode, err) {
-			return r.getOldNewDown(ctx, key)
-		}
 		return zero, "error", r.newErr(key, err)
 	case mode == fallback.ModeNew:
 		return zero, "not_found", r.notFound(key)
@@ -373,18 +383,71 @@ func (r *Repo[T]) skipNew(mode fallback.Mode) bool {
 	return r.cfg.ServeOldWhileNewDown && mode == fallback.ModeReadthrough && time.Now().UnixNano() < r.newDownUntil.Load()
 }
 
-// failOver reports whether a read NEW failed with err goes to OLD instead:
-// NEW could not be reached, and Config.ServeOldWhileNewDown allows it. It
-// then sends reads straight to OLD for NewDownRetry.
-func (r *Repo[T]) failOver(ctx context.Context, mode fallback.Mode, err error) bool {
-	if !r.cfg.ServeOldWhileNewDown || mode != fallback.ModeReadthrough || ctx.Err() != nil || !unreachable(err) {
-		return false
+// readNew runs read, a read of NEW. With Config.ServeOldWhileNewDown (in
+// readthrough mode) it runs it again, on another connection, when an open
+// connection broke (a killed backend, a restart): one dead connection in
+// the pool is not NEW being down. down reports that no connection to NEW
+// could be opened; reads then skip NEW for NewDownRetry, and the caller
+// serves OLD.
+func (r *Repo[T]) readNew(ctx context.Context, mode fallback.Mode, read func() error) (down bool, err error) {
+	for try := 0; ; try++ {
+		err = read()
+		if err == nil || !r.cfg.ServeOldWhileNewDown || mode != fallback.ModeReadthrough || ctx.Err() != nil {
+			return false, err
+		}
+		switch classifyNewFailure(err) {
+		case newUnreachable:
+			now := time.Now()
+			if prev := r.newDownUntil.Swap(now.Add(r.cfg.NewDownRetry).UnixNano()); prev < now.UnixNano() {
+				r.log.WarnContext(ctx, "NEW unreachable: serving reads from OLD", "table", r.cfg.Table,
+					"retry_in", r.cfg.NewDownRetry, "err", err)
+			}
+			return true, err
+		case newConnBroken:
+			if try < maxBrokenRetries {
+				continue
+			}
+		}
+		return false, err
 	}
-	now := time.Now()
-	if prev := r.newDownUntil.Swap(now.Add(r.cfg.NewDownRetry).UnixNano()); prev < now.UnixNano() {
-		r.log.WarnContext(ctx, "NEW unreachable: serving reads from OLD", "table", r.cfg.Table, "retry_in", r.cfg.NewDownRetry, "err", err)
+}
+
+// maxBrokenRetries bounds the reads of NEW tried again after a broken
+// connection: a restart of NEW leaves every idle connection of the pool
+// broken, and a NEW that is back answers on a new one.
+const maxBrokenRetries = 2
+
+type newFailure int
+
+const (
+	newOther       newFailure = iota
+	newUnreachable            // no connection could be opened
+	newConnBroken             // an open connection went away
+)
+
+// classifyNewFailure tells a NEW that cannot be reached (a failed dial, or
+// a server refusing connections while it starts or stops) from an open
+// connection that broke (SQLSTATE class 08, 57P01-57P03, a cut network),
+// and both from everything else: a statement NEW refused, a scan error,
+// a deadline.
+func classifyNewFailure(err error) newFailure {
+	var connErr *pgconn.ConnectError
+	var pgErr *pgconn.PgError
+	var netErr net.Error
+	switch {
+	case isScanError(err), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return newOther
+	case errors.As(err, &connErr):
+		return newUnreachable
+	case errors.As(err, &pgErr):
+		if strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03" {
+			return newConnBroken
+		}
+		return newOther
+	case errors.As(err, &netErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return newConnBroken
 	}
-	return true
+	return newOther
 }
 
 // getOldNewDown serves a read from OLD alone while NEW is unreachable.
@@ -397,21 +460,6 @@ func (r *Repo[T]) getOldNewDown(ctx context.Context, key int64) (T, string, erro
 		err = fmt.Errorf("%w, and %w", ErrNewUnavailable, err)
 	}
 	return v, outcome, err
-}
-
-// unreachable reports whether err says that a database could not be
-// reached or went away, rather than that it refused the statement: a
-// failed dial, a broken connection, or a server shutting down or not yet
-// accepting connections (SQLSTATE class 08, 57P01-57P03).
-func unreachable(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
-	}
-	var connErr *pgconn.ConnectError
-	var netErr net.Error
-	return errors.As(err, &connErr) || errors.As(err, &netErr) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // fallback resolves a key NEW did not have. The tombstone and the tracker

@@ -26,6 +26,7 @@ type switchableNew struct {
 	pool *pgxpool.Pool
 	app  string
 	down atomic.Bool
+	hang atomic.Bool // dials wait for their deadline instead of failing
 }
 
 func newSwitchable(t *testing.T, b *testBundle) *switchableNew {
@@ -33,7 +34,12 @@ func newSwitchable(t *testing.T, b *testBundle) *switchableNew {
 	s := &switchableNew{app: "lm-newdown-" + testenv.Suffix()}
 	s.pool = b.pair.New.NewPool(t, func(c *pgxpool.Config) {
 		c.ConnConfig.RuntimeParams["application_name"] = s.app
+		c.ConnConfig.ConnectTimeout = time.Second
 		c.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if s.hang.Load() {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
 			if s.down.Load() {
 				return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
 			}
@@ -47,6 +53,18 @@ func newSwitchable(t *testing.T, b *testBundle) *switchableNew {
 func (s *switchableNew) setDown(t *testing.T, b *testBundle, down bool) {
 	t.Helper()
 	s.down.Store(down)
+	s.kill(t, b, down)
+}
+
+// setHanging makes NEW stop answering: dials hang until pgx's ConnectTimeout.
+func (s *switchableNew) setHanging(t *testing.T, b *testBundle) {
+	t.Helper()
+	s.hang.Store(true)
+	s.kill(t, b, true)
+}
+
+func (s *switchableNew) kill(t *testing.T, b *testBundle, down bool) {
+	t.Helper()
 	if down {
 		b.pair.Old.Exec(t, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1`, s.app)
 	}
@@ -199,5 +217,28 @@ func TestNewDownIsNotABrokenConnectionOrAScanError(t *testing.T) {
 	}
 	if n := b.metric(t, "lazymigrate_reads_total", "old_new_down"); n != 0 {
 		t.Fatalf("reads_total{old_new_down} = %v with NEW up, want 0", n)
+	}
+}
+
+// A NEW that stops answering, rather than refusing, is down once a dial
+// outlasts pgx's ConnectTimeout, well within the caller's deadline.
+func TestReadsServedFromOldWhileNewHangs(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	nw := newSwitchable(t, b)
+	repo, err := lazy.New(context.Background(), b.pair.Old.Pool, nw.pool, &lazy.Config[Account]{Table: "accounts",
+		Copier: b.copier, Tracker: b.tracker, Registerer: b.reg, ServeOldWhileNewDown: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+	nw.setHanging(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if got, err := repo.Get(ctx, 3); err != nil || got.ID != 3 {
+		t.Fatalf("Get(3) with NEW hanging = %+v, %v; want OLD's row", got, err)
+	}
+	if n := b.metric(t, "lazymigrate_reads_total", "old_new_down"); n != 1 {
+		t.Fatalf("reads_total{old_new_down} = %v, want 1", n)
 	}
 }

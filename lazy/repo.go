@@ -146,9 +146,10 @@ type Config[T any] struct {
 	// NEW is down when no connection to it can be opened: a failed dial, or
 	// NEW refusing connections while it starts or stops. A read on a
 	// connection that broke (a killed backend) is tried again on another
-	// first. A NEW that stops answering without refusing is noticed only
-	// by pgx's ConnectTimeout, which should then be shorter than the
-	// callers' deadlines.
+	// first. A NEW that stops answering without refusing is noticed when a
+	// dial outlasts pgx's ConnectTimeout (pgxpool's default is 2 minutes:
+	// set it shorter than the callers' deadlines); reads on connections
+	// already open wait for their callers' deadlines.
 	ServeOldWhileNewDown bool
 	// NewDownRetry is how long reads go straight to OLD after NEW could
 	// not be reached, before NEW is tried again. Defaults to 1 second.
@@ -425,8 +426,8 @@ const (
 	newConnBroken             // an open connection went away
 )
 
-// classifyNewFailure tells a NEW that cannot be reached (a failed dial, or
-// a server refusing connections while it starts or stops) from an open
+// classifyNewFailure tells a NEW that cannot be reached (a failed or timed
+// out dial, or a server refusing connections while it starts or stops) from an open
 // connection that broke (SQLSTATE class 08, 57P01-57P03, a cut network),
 // and both from everything else: a statement NEW refused, a scan error,
 // a deadline.
@@ -434,13 +435,25 @@ func classifyNewFailure(err error) newFailure {
 	var connErr *pgconn.ConnectError
 	var pgErr *pgconn.PgError
 	var netErr net.Error
+	connectionLost := func(code string) bool {
+		return strings.HasPrefix(code, "08") || code == "57P01" || code == "57P02" || code == "57P03"
+	}
 	switch {
-	case isScanError(err), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	case isScanError(err):
 		return newOther
 	case errors.As(err, &connErr):
+		// A dial that failed or timed out (pgx's ConnectTimeout: a NEW
+		// that does not answer), or a server that refused to start a
+		// session because it is starting or stopping. A refused password
+		// or too many connections are not NEW being down.
+		if errors.As(connErr, &pgErr) && !connectionLost(pgErr.Code) {
+			return newOther
+		}
 		return newUnreachable
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return newOther
 	case errors.As(err, &pgErr):
-		if strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03" {
+		if connectionLost(pgErr.Code) {
 			return newConnBroken
 		}
 		return newOther

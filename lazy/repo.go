@@ -427,10 +427,10 @@ const (
 )
 
 // classifyNewFailure tells a NEW that cannot be reached (a failed or timed
-// out dial, or a server refusing connections while it starts or stops) from an open
-// connection that broke (SQLSTATE class 08, 57P01-57P03, a cut network),
-// and both from everything else: a statement NEW refused, a scan error,
-// a deadline.
+// out dial, or a server refusing connections while it starts or stops)
+// from an open connection that broke (SQLSTATE class 08, 57P01-57P03, a
+// cut network), and both from everything else: a statement NEW refused, a
+// scan error, the caller's deadline.
 func classifyNewFailure(err error) newFailure {
 	var connErr *pgconn.ConnectError
 	var pgErr *pgconn.PgError

@@ -350,7 +350,8 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 	}
 	batch := &pgx.Batch{}
 	batch.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
-	batch.Queue(lockSQL, c.locks.ids(stripes))
+	// Pinned too: binary xml input is parsed under the session's xmloption.
+	batch.Queue(lockAndPin, c.locks.ids(stripes))
 	switch {
 	case len(ks) == 0:
 		batch.Queue(b.listSQL, lo, hi, b.tableID)

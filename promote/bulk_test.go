@@ -143,7 +143,7 @@ func TestCopyRangeBulkDeleteWaits(t *testing.T) {
 	}()
 	testenv.Eventually(t, 10*time.Second, "the delete waits for the copy's lock", func() bool {
 		var waiting int
-		_ = b.pair.New.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&waiting)
+		_ = b.pair.New.Pool.QueryRow(ctx, waitingInOwnDatabase).Scan(&waiting)
 		return waiting > 0
 	})
 	release()

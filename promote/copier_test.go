@@ -330,7 +330,7 @@ func requireCopyWaitsForDelete(t *testing.T, b *testBundle, cp *promote.Copier) 
 	// The copy must block on the lock: wait until Postgres shows it waiting.
 	testenv.Eventually(t, 10*time.Second, "copy waits for the advisory lock", func() bool {
 		var waiting int
-		_ = b.pair.New.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&waiting)
+		_ = b.pair.New.Pool.QueryRow(ctx, waitingInOwnDatabase).Scan(&waiting)
 		return waiting > 0
 	})
 	if err := tx.Commit(ctx); err != nil {

@@ -118,7 +118,7 @@ func TestLockKeysSeesRowCommittedWhileWaiting(t *testing.T) {
 	go func() { locked <- b.copier.LockKeys(ctx, writer, []int64{7}) }()
 	testenv.Eventually(t, 10*time.Second, "the writer waits for the stripe", func() bool {
 		var n int
-		_ = b.pair.New.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`).Scan(&n)
+		_ = b.pair.New.Pool.QueryRow(ctx, waitingInOwnDatabase).Scan(&n)
 		return n > 0
 	})
 	if err := holder.Commit(ctx); err != nil {

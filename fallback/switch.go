@@ -257,6 +257,12 @@ func (s *Switch) ClearOverride() {
 // poll taking longer than PollInterval (or 1s, whichever is longer) is
 // abandoned. On a switch without Redis, Run returns nil at once.
 //
+// The poll's deadline reaches Redis through its context, which go-redis
+// honours only for a client with Options.ContextTimeoutEnabled. Without
+// it, the client's ReadTimeout (3s by default) bounds a poll, and with no
+// ReadTimeout (-1) a Redis that accepts connections but never answers
+// stops Run until the connection breaks.
+//
 // Run is the switch's only background loop: start it with `go sw.Run(ctx)`
 // (or in an errgroup) and cancel ctx to stop it.
 func (s *Switch) Run(ctx context.Context) error {

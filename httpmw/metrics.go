@@ -25,7 +25,7 @@ const (
 // Outcomes of a fallback, the outcome label of
 // lazymigrate_http_fallbacks_total.
 const (
-	fallbackFound       = "found"           // OLD answered 2xx; the key was scheduled for promotion
+	fallbackFound       = "found"           // OLD answered 2xx or 304; the key was scheduled for promotion
 	fallbackNotFound    = "not_found"       // OLD answered 404 too
 	fallbackOther       = "other"           // OLD answered another status below 500
 	fallbackUnavailable = "old_unavailable" // OLD answered 5xx: 503
@@ -57,7 +57,7 @@ type vecs struct {
 func newVecs(reg prometheus.Registerer) *vecs {
 	return &vecs{
 		requests: metrics.CounterVec(reg, "http_requests_total",
-			"GET and HEAD requests through httpmw, by route, the side that answered (new, old, or none for the middleware's own errors) "+
+			"GET and HEAD requests through httpmw, by route, the side that answered or was being asked (new, old, or none for the middleware's own errors before any fallback to OLD) "+
 				"and outcome: ok, not_found, client_error, server_error, bad_key, key_error, unavailable, canceled or panic.",
 			"route", "source", "outcome"),
 		duration: metrics.HistogramVec(reg, "http_request_duration_seconds",

@@ -47,6 +47,11 @@
 // BITCOUNT over every segment inside Redis (about 40 µs per 128 KiB
 // segment); keep [Tracker.Count] off hot paths.
 //
+// A call waits as long as the client lets it: go-redis applies a context's
+// deadline only with Options.ContextTimeoutEnabled, and otherwise its own
+// ReadTimeout (3s by default). lazy bounds its wait for the tracker on its
+// own (Config.TrackerTimeout), whatever the client's settings.
+//
 // The tracker needs Redis 7 or later (BITCOUNT with BIT offsets, SET with
 // both NX and GET). Redis must run with maxmemory-policy noeviction: an
 // evicted segment does not break correctness, but it silently throws away

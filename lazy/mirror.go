@@ -625,7 +625,7 @@ var ErrPurgeTooEarly = errors.New("lazy: tombstones are purged only once reads n
 // reads are switched to mode new (it refuses otherwise). Old tombstones
 // cost only storage until then.
 func (r *Repo[T]) PurgeTombstones(ctx context.Context) (int64, error) {
-	if r.cfg.Mode == nil || r.mode() != fallback.ModeNew {
+	if r.mode() != fallback.ModeNew { // without Config.Mode, always readthrough
 		return 0, ErrPurgeTooEarly
 	}
 	tag, err := r.new.Exec(ctx, `DELETE FROM `+schema.Tombstones+` WHERE table_name = $1`, r.tableID)

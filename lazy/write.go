@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -320,11 +321,13 @@ func (r *Repo[T]) checkWrite(key int64, rec T) ([]any, error) {
 		return nil, fmt.Errorf("lazy: write %s key %d: %w", r.cfg.Table, key, err)
 	}
 	if k, ok := asKey(vals[r.w.keyIdx]); !ok || k != key {
-		return nil, fmt.Errorf("%w: write %s: the record's key field is %v, not %d", ErrKeyMismatch, r.cfg.Table, vals[r.w.keyIdx], key)
+		return nil, fmt.Errorf("%w: write %s: the record's key field is %v (%T), not %d", ErrKeyMismatch, r.cfg.Table, vals[r.w.keyIdx], vals[r.w.keyIdx], key)
 	}
 	return vals, nil
 }
 
+// asKey returns the key a record's key field holds: any Go integer that
+// fits an int64.
 func asKey(v any) (int64, bool) {
 	switch k := v.(type) {
 	case int64:
@@ -333,8 +336,20 @@ func asKey(v any) (int64, bool) {
 		return int64(k), true
 	case int16:
 		return int64(k), true
+	case int8:
+		return int64(k), true
 	case int:
 		return int64(k), true
+	case uint8:
+		return int64(k), true
+	case uint16:
+		return int64(k), true
+	case uint32:
+		return int64(k), true
+	case uint64:
+		return int64(k), k <= math.MaxInt64
+	case uint:
+		return int64(k), uint64(k) <= math.MaxInt64
 	}
 	return 0, false
 }

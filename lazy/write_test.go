@@ -340,6 +340,9 @@ func TestWritesInCallersTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Rolls back whichever tx is open if the test fails: left open, it
+	// would keep the pool's Close (a cleanup) waiting for ever.
+	defer func() { _ = tx.Rollback(ctx) }()
 	if err := repo.PutTx(ctx, tx, 11, account(11, "in tx")); err != nil {
 		t.Fatal(err)
 	}
@@ -596,6 +599,7 @@ func TestWriteReturnsWhenOldStalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() { _ = lock.Rollback(ctx) }() // if the test fails with OLD locked
 	if _, err := lock.Exec(ctx, `LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
@@ -633,6 +637,10 @@ func TestDeleteTxExcludesPutWithoutMirroring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Rolled back however the test ends: left open after a failure, it
+	// would keep the Put waiting, and the pool's Close (a cleanup) waiting
+	// for both, until the package times out.
+	defer func() { _ = tx.Rollback(ctx) }()
 	if err := repo.DeleteTx(ctx, tx, 5000); err != nil {
 		t.Fatal(err)
 	}
@@ -646,8 +654,13 @@ func TestDeleteTxExcludesPutWithoutMirroring(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-put; err != nil {
-		t.Fatal(err)
+	select {
+	case err := <-put:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Put still waiting 10s after the DeleteTx committed")
 	}
 	if err := repo.Migrate(ctx, 5000); err != nil {
 		t.Fatalf("Migrate after Delete then Put: %v (a row and a tombstone side by side?)", err)

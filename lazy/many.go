@@ -16,7 +16,9 @@ import (
 // and, for the keys NEW lacks, one OLD query. Keys found in OLD are
 // scheduled for promotion. If OLD cannot be read and some keys are
 // unresolved, the error wraps ErrOldUnavailable and the map holds the keys
-// that were found.
+// that were found. If NEW fails after its first query (the tombstone
+// lookup, or the re-read of keys the tracker calls settled), the error
+// wraps ErrNewUnavailable and the map holds NEW's hits.
 func (r *Repo[T]) GetMany(ctx context.Context, ks []int64) (map[int64]T, error) {
 	start := time.Now()
 	out, err := r.getMany(ctx, ks)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lazymigrate/lazymigrate/internal/pgtable"
@@ -64,6 +65,7 @@ type bulkRange struct {
 	oldKey    string // OLD's key column, quoted
 	keyField  int    // the key's position among the columns read
 	copyIn    string
+	lockSQL   string // takes the stripes' locks, and pins xmloption if need be
 	listSQL   string // keys of a range NEW has or has tombstoned
 	listKeys  string // the same among given keys
 	listTombs string // the tombstoned among given keys
@@ -99,10 +101,16 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 	if !okOld || !okNew {
 		return nil
 	}
+	lock := lockSQL
 	for i, col := range c.cols {
 		oc := c.oldCols[i]
 		if col.TypeOID >= firstUserOID || col.TypeOID != oc.TypeOID || col.Type != oc.Type {
 			return nil
+		}
+		if col.TypeOID == pgtype.XMLOID || col.TypeOID == pgtype.XMLArrayOID {
+			// Binary xml input is parsed under the session's xmloption:
+			// under "document", fragments would be refused.
+			lock = lockAndPin
 		}
 	}
 	key := oldKey.Ident()
@@ -116,6 +124,7 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 		oldKey:   key,
 		keyField: c.oldKey,
 		copyIn:   fmt.Sprintf(`COPY %s (%s) FROM STDIN (FORMAT binary)`, nt.Ident, pgtable.Idents(c.cols)),
+		lockSQL:  lock,
 		// Index-only in NEW: the keys a copy must leave alone.
 		listSQL: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint
 UNION ALL
@@ -350,8 +359,7 @@ func (c *Copier) writeNewBinary(ctx context.Context, lo, hi int64, ks []int64, r
 	}
 	batch := &pgx.Batch{}
 	batch.Queue(`BEGIN ISOLATION LEVEL READ COMMITTED`)
-	// Pinned too: binary xml input is parsed under the session's xmloption.
-	batch.Queue(lockAndPin, c.locks.ids(stripes))
+	batch.Queue(b.lockSQL, c.locks.ids(stripes))
 	switch {
 	case len(ks) == 0:
 		batch.Queue(b.listSQL, lo, hi, b.tableID)

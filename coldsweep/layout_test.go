@@ -3,10 +3,15 @@ package coldsweep_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/lazymigrate/lazymigrate/coldsweep"
+	"github.com/lazymigrate/lazymigrate/internal/testenv"
 )
 
 // Shard 0/4 of a sweep has started (claimed its layout) but has not saved
@@ -27,16 +32,16 @@ func TestSweepLayoutClaimedBeforeFirstProgress(t *testing.T) {
 	ctx1, cancel1 := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { _, err := s1.Run(ctx1); done <- err }()
-	time.Sleep(300 * time.Millisecond) // s1 has claimed "chunk=50 shards=4"
-	if got, _ := b.rdb.Get(ctx, b.prefix+":sweep:accounts:layout").Result(); got != "chunk=50 shards=4" {
-		t.Fatalf("layout %q", got)
-	}
+	testenv.Eventually(t, 10*time.Second, "shard 0/4 claims its layout", func() bool {
+		got, _ := b.rdb.Get(ctx, b.prefix+":sweep:accounts:layout").Result()
+		return got == "chunk=50 shards=4"
+	})
 
 	s2, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 2}, ProgressInterval: time.Hour}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx2, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	ctx2, cancel2 := context.WithTimeout(ctx, 10*time.Second) // bounds a shard wrongly let through: held by the pause
 	defer cancel2()
 	_, err2 := s2.Run(ctx2)
 	cancel1()
@@ -45,4 +50,117 @@ func TestSweepLayoutClaimedBeforeFirstProgress(t *testing.T) {
 	if !errors.Is(err2, coldsweep.ErrLayoutChanged) {
 		t.Fatalf("shard 0/2 started while shard 0/4 runs: err = %v, want ErrLayoutChanged; layout now %q", err2, got)
 	}
+}
+
+// onCommand is a go-redis hook that calls before ahead of the first command
+// named name on key, and after once the first transaction that writes key
+// has run.
+type onCommand struct {
+	key           string
+	before, after func()
+	beforeOnce    sync.Once
+	afterOnce     sync.Once
+}
+
+func (h *onCommand) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *onCommand) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.before != nil && cmd.Name() == "hgetall" && cmd.Args()[1] == h.key {
+			h.beforeOnce.Do(h.before)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *onCommand) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, c := range cmds {
+			if h.after != nil && c.Name() == "set" && c.Args()[1] == h.key {
+				h.afterOnce.Do(h.after)
+			}
+		}
+		return err
+	}
+}
+
+// layoutRace sweeps accounts unsharded, then runs shard 0/2 on its own
+// Redis client with hook, which runs shard 1/2 to its end at the chosen
+// moment, and checks that both shards finish and leave their progress.
+func layoutRace(t *testing.T, hook func(key string, other func()) *onCommand) {
+	t.Helper()
+	b := setupSweep(t, 1000)
+	ctx := context.Background()
+	b.sweep(t, coldsweep.Config{Chunk: 100}) // recorded "chunk=100 shards=1", finished
+	var otherErr error
+	other := func() {
+		s, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 100, Shard: coldsweep.Shard{I: 1, N: 2}}))
+		if err != nil {
+			otherErr = err
+			return
+		}
+		_, otherErr = s.Run(ctx)
+	}
+	rdb := redis.NewClient(b.rdb.Options())
+	defer rdb.Close()
+	layoutKey := b.prefix + ":sweep:accounts:layout"
+	progressKey := b.prefix + ":sweep:accounts"
+	h := hook(layoutKey, other)
+	if h.key == "" {
+		h.key = progressKey
+	}
+	rdb.AddHook(h)
+	c := b.config(coldsweep.Config{Chunk: 100, Shard: coldsweep.Shard{I: 0, N: 2}})
+	c.Redis = rdb
+	s, err := coldsweep.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx); err != nil {
+		t.Fatalf("shard 0/2: %v", err)
+	}
+	if otherErr != nil {
+		t.Fatalf("shard 1/2: %v", otherErr)
+	}
+	ps, err := coldsweep.LoadProgress(ctx, b.rdb, b.prefix, "accounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shards []string
+	for _, p := range ps {
+		if !p.Finished || p.ChunksDone != p.Chunks {
+			t.Errorf("progress of shard %s: %+v, want finished", p.Shard, p)
+		}
+		shards = append(shards, p.Shard)
+	}
+	if !slices.Equal(shards, []string{"0/2", "1/2"}) {
+		t.Errorf("progress records of shards %v, want 0/2 and 1/2 only", shards)
+	}
+	if got, _ := b.rdb.Get(ctx, layoutKey).Result(); got != "chunk=100 shards=2" {
+		t.Errorf("layout %q, want chunk=100 shards=2", got)
+	}
+	b.requireComplete(t, coldsweep.Span{Lo: 1, Hi: 1001})
+}
+
+// Two shards of a new layout start together after an unsharded sweep has
+// finished. Shard 0/2 reads the old layout and then, to see whether its
+// shards finished, the old progress; shard 1/2 replaces the layout (and
+// clears that progress) in between. Shard 0/2 must go on with the layout
+// it now shares, not refuse because the old sweep's progress is gone.
+func TestShardsReplacingALayoutTogetherReadProgressLate(t *testing.T) {
+	t.Parallel()
+	layoutRace(t, func(_ string, other func()) *onCommand {
+		return &onCommand{before: other}
+	})
+}
+
+// The same two shards, the other way round: shard 1/2 claims the new
+// layout and runs to its end between shard 0/2's replacing the layout and
+// its clearing the old sweep's progress. Shard 1/2's progress must stay.
+func TestShardsReplacingALayoutTogetherKeepNewProgress(t *testing.T) {
+	t.Parallel()
+	layoutRace(t, func(layoutKey string, other func()) *onCommand {
+		return &onCommand{key: layoutKey, after: other}
+	})
 }

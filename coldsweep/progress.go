@@ -40,17 +40,18 @@ var ErrLayoutChanged = errors.New("coldsweep: this shard's chunk size or shard c
 // unsharded run covers the whole range, so it may always change the layout;
 // so may any run once every shard of the recorded layout has finished. The
 // check and the write are one optimistic transaction on the layout key, so
-// shards starting together cannot both win with different layouts.
+// shards starting together cannot both win with different layouts, and a
+// refusal stands only if the layout it judged is still the recorded one.
 func (s *Sweeper) claimLayout(ctx context.Context) error {
 	rdb := s.cfg.Redis
 	if rdb == nil {
 		return nil
 	}
-	n := max(s.cfg.Shard.N, 1)
-	want := fmt.Sprintf("chunk=%d shards=%d", s.cfg.Chunk, n)
+	want := s.layout()
 	key := layoutKey(s.cfg.Prefix, s.table)
 	var replaced bool
 	claim := func(tx *redis.Tx) error {
+		replaced = false
 		got, err := tx.Get(ctx, key).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
@@ -59,21 +60,31 @@ func (s *Sweeper) claimLayout(ctx context.Context) error {
 		case got == want:
 			// Keep the record alive as long as the sweep runs.
 			return tx.Expire(ctx, key, progressTTL).Err()
-		case n > 1:
+		case s.cfg.Shard.N > 1:
 			ps, err := LoadProgress(ctx, rdb, s.cfg.Prefix, s.table)
 			if err != nil {
 				return err
 			}
 			if left := unfinishedShards(got, ps); left != "" {
+				// Another shard may have replaced the layout since got was
+				// read, clearing the progress that would show got's shards
+				// finished: an empty transaction fails then, and the claim
+				// starts over.
+				if _, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+					p.Exists(ctx, key)
+					return nil
+				}); err != nil {
+					return err
+				}
 				return fmt.Errorf("%w: the sweep of %s runs with %s, this shard with %s, and %s: run every shard with the same chunk size and shard count, or one unsharded sweep (or, if no shard of it runs any more, delete the Redis key %s)",
 					ErrLayoutChanged, s.table, got, want, left, key)
 			}
 		}
-		replaced = got != ""
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.Set(ctx, key, want, progressTTL)
 			return nil
 		})
+		replaced = err == nil && got != ""
 		return err
 	}
 	var err error
@@ -87,11 +98,52 @@ func (s *Sweeper) claimLayout(ctx context.Context) error {
 	}
 	if replaced {
 		// The earlier layout's progress would read as this one's.
-		if err := rdb.Del(ctx, progressKey(s.cfg.Prefix, s.table)).Err(); err != nil {
+		if err := clearOtherLayouts(ctx, rdb, s.cfg.Prefix, s.table, want); err != nil {
 			return fmt.Errorf("coldsweep: clear the progress of %s's earlier sweep: %w", s.table, err)
 		}
 	}
 	return nil
+}
+
+// layout is how the sweep cuts its range, as recorded in Redis.
+func (s *Sweeper) layout() string {
+	return fmt.Sprintf("chunk=%d shards=%d", s.cfg.Chunk, max(s.cfg.Shard.N, 1))
+}
+
+// deleteUnchanged deletes the given fields of a hash, each only if it still
+// holds the value given after it: a field rewritten since it was read is
+// another run's, and stays.
+var deleteUnchanged = redis.NewScript(`
+local n = 0
+for i = 1, #ARGV, 2 do
+	if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+		n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+	end
+end
+return n
+`)
+
+// clearOtherLayouts deletes the progress records of table's sweep that
+// another layout than layout saved. It runs after the layout was replaced,
+// while shards of the new layout may already save theirs: those stay.
+func clearOtherLayouts(ctx context.Context, rdb redis.UniversalClient, prefix, table, layout string) error {
+	key := progressKey(prefix, table)
+	m, err := rdb.HGetAll(ctx, key).Result()
+	if err != nil {
+		return err
+	}
+	var args []any
+	for field, v := range m {
+		var p Progress
+		if json.Unmarshal([]byte(v), &p) == nil && p.Layout == layout {
+			continue
+		}
+		args = append(args, field, v)
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	return deleteUnchanged.Run(ctx, rdb, []string{key}, args...).Err()
 }
 
 // unfinishedShards says which shards of the sweep recorded with layout
@@ -105,7 +157,7 @@ func unfinishedShards(layout string, ps []Progress) string {
 	done := map[int64]bool{}
 	for _, p := range ps {
 		sh, err := ParseShard(p.Shard)
-		if err != nil || max(sh.N, 1) != n {
+		if err != nil || max(sh.N, 1) != n || (p.Layout != "" && p.Layout != layout) {
 			continue // another layout's record
 		}
 		done[sh.I] = done[sh.I] || (p.ChunksDone >= p.Chunks && p.ChunksFailed == 0)

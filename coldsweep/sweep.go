@@ -114,7 +114,10 @@ type Config struct {
 type Progress struct {
 	Table string `json:"table"`
 	Shard string `json:"shard"`
-	Range Span   `json:"range"`
+	// Layout is the sweep's chunk size and shard count, "chunk=C shards=N":
+	// shards of one sweep share it.
+	Layout string `json:"layout"`
+	Range  Span   `json:"range"`
 	// Chunks counts the chunks of the sweep (of its shard); ChunksDone
 	// those finished, of which ChunksSkipped were already settled and
 	// ChunksFailed could not be copied.
@@ -572,7 +575,7 @@ func (r *run) wait(ctx context.Context, n int) error {
 func (r *run) snapshotLocked(finished bool) Progress {
 	p := r.prog
 	now := time.Now()
-	p.Table, p.Shard, p.Range, p.Chunks = r.table, r.cfg.Shard.String(), r.span, r.chunks
+	p.Table, p.Shard, p.Layout, p.Range, p.Chunks = r.table, r.cfg.Shard.String(), r.layout(), r.span, r.chunks
 	p.Elapsed = now.Sub(r.start)
 	p.Updated = now
 	p.Finished = finished

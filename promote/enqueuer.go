@@ -138,9 +138,10 @@ func NewEnqueuer(client TaskEnqueuer, table string, cfg *EnqueuerConfig) (*Enque
 
 // Schedule asks for keys to be promoted and returns how many were accepted.
 // Keys scheduled within DedupeWindow are skipped; when MaxPending keys are
-// waiting, or once Stop has been called, the rest are dropped (and
-// counted). It does no I/O and never blocks on the network. Negative keys
-// are ignored; callers validate keys before reading.
+// waiting, or once the Enqueuer stops (Stop is called, or the loop sees
+// Start's context end), the rest are dropped (and counted). It does no I/O
+// and never blocks on the network. Negative keys are ignored; callers
+// validate keys before reading.
 func (e *Enqueuer) Schedule(ks ...int64) int {
 	now := time.Now()
 	accepted, dup, dropped := 0, 0, 0
@@ -180,7 +181,8 @@ func (e *Enqueuer) Schedule(ks ...int64) int {
 }
 
 // Start begins the background loop that enqueues scheduled keys. It returns
-// at once; the loop runs until ctx ends or Stop is called.
+// at once; the loop runs until ctx ends or Stop is called, and either way
+// ends as Stop describes.
 func (e *Enqueuer) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -194,8 +196,9 @@ func (e *Enqueuer) Start(ctx context.Context) error {
 }
 
 // Stop ends the loop after enqueuing what is pending, waiting at most
-// flushTimeout for Redis; keys scheduled afterwards are dropped. It is safe
-// to call more than once, and before Start.
+// flushTimeout for Redis; keys it could not enqueue by then, and keys
+// scheduled afterwards, are dropped. It is safe to call more than once, and
+// before Start, when it enqueues the keys scheduled so far itself.
 func (e *Enqueuer) Stop() {
 	e.stopOnce.Do(func() {
 		e.mu.Lock()
@@ -204,6 +207,7 @@ func (e *Enqueuer) Stop() {
 		e.stopped = true
 		e.mu.Unlock()
 		if !started {
+			e.finish(context.Background())
 			return
 		}
 		e.cancel()
@@ -220,29 +224,43 @@ const flushTimeout = 5 * time.Second
 // cancels a flush half done and drops the keys it had taken.
 func (e *Enqueuer) run(ctx context.Context) {
 	defer close(e.done)
-	defer func() {
-		// However the loop ends (Stop, or Start's context), nothing will
-		// enqueue keys any more: Schedule must refuse them.
-		e.mu.Lock()
-		e.stopped = true
-		e.mu.Unlock()
-	}()
 	t := time.NewTicker(e.cfg.FlushInterval)
 	defer t.Stop()
-	flush := func() {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
-		defer cancel()
-		_ = e.Flush(fctx)
-	}
 	for {
 		select {
 		case <-ctx.Done():
-			flush()
+			e.finish(ctx)
 			return
 		case <-t.C:
 		case <-e.wake:
 		}
-		flush()
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
+		_ = e.Flush(fctx)
+		cancel()
+	}
+}
+
+// finish is the last flush: once it returns, every key Schedule accepted
+// is enqueued or counted as dropped.
+func (e *Enqueuer) finish(ctx context.Context) {
+	// Refuse keys before the flush takes pending, not after: a key accepted
+	// in between would never be enqueued, nor counted. Stop has set it
+	// already, but Start's context ending has not.
+	e.mu.Lock()
+	e.stopped = true
+	e.mu.Unlock()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flushTimeout)
+	defer cancel()
+	err := e.Flush(fctx)
+	// The flush gives up without taking pending if a caller's Flush, stuck
+	// on Redis, holds the slot past flushTimeout; nothing would take these
+	// keys after it.
+	e.mu.Lock()
+	left := e.pending
+	e.pending = nil
+	e.mu.Unlock()
+	if len(left) > 0 {
+		_ = e.drop(fctx, left, err)
 	}
 }
 
@@ -280,16 +298,22 @@ func (e *Enqueuer) enqueue(ctx context.Context, ks []int64) error {
 		_, err = e.client.EnqueueContext(ctx, task)
 	}
 	if err != nil {
-		e.mu.Lock()
-		e.recent.forget(ks)
-		e.mu.Unlock()
-		e.outcomes.WithLabelValues("dropped").Add(float64(len(ks)))
-		e.log.WarnContext(ctx, "lazymigrate: promotion dropped; the sweeper will copy these keys",
-			"table", e.table, "num_keys", len(ks), "error", err)
-		return fmt.Errorf("promote: enqueue %d keys of %s: %w", len(ks), e.table, err)
+		return e.drop(ctx, ks, err)
 	}
 	e.outcomes.WithLabelValues("enqueued").Add(float64(len(ks)))
 	return nil
+}
+
+// drop counts keys that will not be enqueued and forgets them, so that a
+// later read schedules them again.
+func (e *Enqueuer) drop(ctx context.Context, ks []int64, err error) error {
+	e.mu.Lock()
+	e.recent.forget(ks)
+	e.mu.Unlock()
+	e.outcomes.WithLabelValues("dropped").Add(float64(len(ks)))
+	e.log.WarnContext(ctx, "lazymigrate: promotion dropped; the sweeper will copy these keys",
+		"table", e.table, "num_keys", len(ks), "error", err)
+	return fmt.Errorf("promote: enqueue %d keys of %s: %w", len(ks), e.table, err)
 }
 
 // window remembers keys for about ttl, in two generations: a key is recent

@@ -31,17 +31,27 @@
 // pipelines, which go-redis splits per node.
 //
 // The segments set lets [Tracker.Count] and [Tracker.Reset] find every
-// segment without SCAN, which is slow and node-local on a cluster. The
-// segment_bits key guards against two processes configured with different
-// SegmentBits for the same table: they would read each other's bits at the
-// wrong keys and skip keys that were never copied, so the first call of a
-// Tracker checks it and fails with [ErrLayoutMismatch] instead.
+// segment without SCAN, which is slow and node-local on a cluster. Writes
+// list a segment there both before and after writing its bits, so that a
+// Reset racing them leaves no segment unlisted (on a single Redis node; see
+// [Tracker.Reset] for what a racing write may still do). The segment_bits
+// key guards against two processes configured with different SegmentBits
+// for the same table: they would read each other's bits at the wrong keys
+// and skip keys that were never copied, so the first call of a Tracker
+// checks it and fails with [ErrLayoutMismatch] instead. The first write
+// records it (SET NX); reads only look, so that a reader with the wrong
+// SegmentBits, such as an operator's tool, cannot lock the writers out.
+// Until a write records a layout, reads answer that no key is settled
+// without reading bits (there are none, short of those a Mark racing Reset
+// may leave), and look again on their next call.
 //
 // # Cost
 //
 // Marking, testing and listing keys each cost one pipelined round trip,
-// whatever the number of keys (plus one more on the first call of a Tracker,
-// for the layout check); Count and Reset cost two. Marking a batch uses
+// whatever the number of keys, plus one more for the layout check on the
+// first call of a Tracker (a read that finds no layout recorded costs that
+// one alone, and checks again on the next call). Count costs two round
+// trips, Reset four (five when a write raced it). Marking a batch uses
 // BITFIELD, which returns each bit's previous value, so [Tracker.Mark]
 // learns how many keys were newly settled at no extra cost. Counting runs
 // BITCOUNT over every segment inside Redis (about 40 µs per 128 KiB

@@ -21,8 +21,9 @@ var errInjected = errors.New("injected fault: Redis is unreachable")
 // faultHook injects faults into a real client. While down is set every
 // command and pipeline fails without reaching Redis; while pipelinesDown is
 // set only pipelines do. failLayoutOnce fails
-// the next write-or-read of a layout marker (the SET of a key ending in
-// ":segment_bits") without sending it, then lets everything through.
+// the next check of a layout marker (the SET of a write or the GET of a
+// read, of a key ending in ":segment_bits") without sending it, then lets
+// everything through.
 type faultHook struct {
 	down           atomic.Bool
 	pipelinesDown  atomic.Bool
@@ -63,7 +64,7 @@ func (h *faultHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 
 func isLayoutCmd(cmd redis.Cmder) bool {
 	args := cmd.Args()
-	if cmd.Name() != "set" || len(args) < 2 {
+	if (cmd.Name() != "set" && cmd.Name() != "get") || len(args) < 2 {
 		return false
 	}
 	key, ok := args[1].(string)

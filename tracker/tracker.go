@@ -92,8 +92,9 @@ type Tracker struct {
 	indexKey  string // set of segment numbers in use
 	layoutKey string // SegmentBits the bitmap was written with
 
-	// layoutOK is set once layoutKey has been found to agree with bits, so
-	// that only a Tracker's first call pays a round trip for the check.
+	// layoutOK is set once layoutKey has been found to agree with bits, or
+	// claimed for them, so that later calls skip the round trip of the
+	// check. A read that finds no layout recorded leaves it unset.
 	layoutOK atomic.Bool
 
 	marked prometheus.Counter
@@ -166,16 +167,21 @@ func (t *Tracker) mark(ctx context.Context, ks []int64) (int, error) {
 	if err := keys.CheckAll(ks); err != nil {
 		return 0, err
 	}
-	if err := t.checkLayout(ctx); err != nil {
+	if err := t.claimLayout(ctx); err != nil {
 		return 0, err
 	}
 	sorted := keys.SortedUnique(ks)
 
 	pipe := t.rdb.Pipeline()
-	// The index goes first: on a single node, a failure halfway then leaves
-	// a segment listed but empty rather than written but unlisted (which
-	// Count and Reset would miss).
-	pipe.SAdd(ctx, t.indexKey, t.segmentMembers(sorted)...)
+	// The segments are listed in the index both before and after their
+	// bits are written; the second SADD costs no round trip. The first
+	// makes a failure halfway (on a single node) leave a segment listed but
+	// empty rather than written but unlisted, which Count and Reset would
+	// miss. The second is for a Reset racing this call: with Reset's last
+	// step, it makes sure that bits written after Reset deleted their
+	// segment end up listed (see reset).
+	members := t.segmentMembers(sorted)
+	pipe.SAdd(ctx, t.indexKey, members...)
 
 	var cmds []*redis.IntSliceCmd
 	runs := make([]bitRun, 0, len(sorted)) // in the order their old values come back
@@ -202,6 +208,7 @@ func (t *Tracker) mark(ctx context.Context, ks []int64) (int, error) {
 			cmds = append(cmds, cmd)
 		}
 	}
+	pipe.SAdd(ctx, t.indexKey, members...)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, err
 	}
@@ -241,7 +248,7 @@ func (t *Tracker) markRange(ctx context.Context, lo, hi int64) error {
 	if lo == hi {
 		return nil
 	}
-	if err := t.checkLayout(ctx); err != nil {
+	if err := t.claimLayout(ctx); err != nil {
 		return err
 	}
 
@@ -250,7 +257,7 @@ func (t *Tracker) markRange(ctx context.Context, lo, hi int64) error {
 	for seg := range t.spans(lo, hi) {
 		members = append(members, strconv.FormatInt(seg, 10))
 	}
-	pipe.SAdd(ctx, t.indexKey, members...)
+	pipe.SAdd(ctx, t.indexKey, members...) // before and after the bits, as in mark
 
 	for seg, sp := range t.spans(lo, hi) {
 		key := t.segmentKey(seg)
@@ -273,6 +280,7 @@ func (t *Tracker) markRange(ctx context.Context, lo, hi int64) error {
 			setOnes(ctx, pipe, key, sp.from, headEnd-sp.from)
 		}
 	}
+	pipe.SAdd(ctx, t.indexKey, members...)
 	_, err := pipe.Exec(ctx)
 	return err
 }
@@ -295,7 +303,7 @@ func (t *Tracker) isSettled(ctx context.Context, key int64) (bool, error) {
 	if err := keys.Check(key); err != nil {
 		return false, err
 	}
-	if err := t.checkLayout(ctx); err != nil {
+	if recorded, err := t.readLayout(ctx); err != nil || !recorded {
 		return false, err
 	}
 	bit, err := t.rdb.GetBit(ctx, t.segmentKey(key>>t.bits), key&(1<<t.bits-1)).Result()
@@ -320,8 +328,12 @@ func (t *Tracker) settled(ctx context.Context, ks []int64) ([]bool, error) {
 	if err := keys.CheckAll(ks); err != nil {
 		return nil, err
 	}
-	if err := t.checkLayout(ctx); err != nil {
+	recorded, err := t.readLayout(ctx)
+	if err != nil {
 		return nil, err
+	}
+	if !recorded {
+		return out, nil
 	}
 
 	// order visits keys grouped by segment, so that each segment costs one
@@ -390,8 +402,16 @@ func (t *Tracker) unsettled(ctx context.Context, lo, hi int64) ([]int64, error) 
 	if lo == hi {
 		return nil, nil
 	}
-	if err := t.checkLayout(ctx); err != nil {
+	recorded, err := t.readLayout(ctx)
+	if err != nil {
 		return nil, err
+	}
+	if !recorded {
+		out := make([]int64, 0, hi-lo)
+		for k := lo; k < hi; k++ {
+			out = append(out, k)
+		}
+		return out, nil
 	}
 
 	type read struct {
@@ -511,7 +531,7 @@ func (t *Tracker) countRange(ctx context.Context, lo, hi int64) (int64, error) {
 	if lo == hi {
 		return 0, nil
 	}
-	if err := t.checkLayout(ctx); err != nil {
+	if recorded, err := t.readLayout(ctx); err != nil || !recorded {
 		return 0, err
 	}
 	var cmds []*redis.IntCmd
@@ -536,8 +556,23 @@ func (t *Tracker) countRange(ctx context.Context, lo, hi int64) (int64, error) {
 // Reset deletes the table's whole bitmap: every segment, the index and the
 // layout marker. Every key reads as unsettled afterwards, which is safe
 // (lazymigrate falls back to OLD and re-copies idempotently) but slow; it is
-// meant for tests and for a full Rebuild. Marks that race with Reset may
-// survive it.
+// meant for tests and for a full Rebuild, while nothing else writes the
+// table. A Reset that fails leaves listed every segment it did not delete
+// (short of a racing Mark, below), so calling it again finishes the job.
+//
+// A Mark, MarkRange or Rebuild racing Reset may survive it, whole or in
+// part: its bits stay set and their segments stay listed, so Count counts
+// them and the next Reset deletes them. A Tracker that checked the layout
+// before Reset deleted the marker goes on writing without recording it
+// again; the others read no key as settled until some write records a
+// layout. That listing holds on a single Redis node, where each client's
+// pipeline runs in order. On Redis Cluster go-redis sends a pipeline's
+// commands to the nodes concurrently, in no set order, so a Mark whose bits
+// reach their node only after this Reset has finished with that segment,
+// while its listing reached the index's node before, still leaves the
+// segment unlisted: its bits, uncounted, survive later Resets, and are read
+// again once a write records a layout, at the wrong keys if that layout
+// differs.
 func (t *Tracker) Reset(ctx context.Context) error {
 	if err := t.reset(ctx); err != nil {
 		return fmt.Errorf("tracker: reset %s: %w", t.table, err)
@@ -545,38 +580,121 @@ func (t *Tracker) Reset(ctx context.Context) error {
 	return nil
 }
 
+// reset deletes the listed segments, then takes them out of the index,
+// then lists again those that exist by then. Each step waits for the
+// previous one to be done on every node (one pipeline would let a cluster
+// run them in any order). Together with the SADD that follows the bits in
+// mark, this leaves no segment unlisted. Reset only unlists segments
+// SMEMBERS returned; one of them that exists at the end was written after
+// step 1 by a Mark. That Mark's last SADD, which follows its bits, came
+// either after step 2, listing the segment again, or before it, and then
+// so did the bits, which step 3 finds and lists.
 func (t *Tracker) reset(ctx context.Context) error {
 	segs, err := t.rdb.SMembers(ctx, t.indexKey).Result()
 	if err != nil {
 		return err
 	}
-	pipe := t.rdb.Pipeline()
-	// One key per UNLINK: segments live in different cluster slots. UNLINK
-	// rather than DEL frees big segments off Redis's main thread.
-	for _, s := range segs {
-		pipe.Unlink(ctx, t.segPrefix+s)
+
+	// 1. The segments are deleted while still listed, so that after a
+	// failure the next Reset finds those left. One key per UNLINK: segments
+	// live in different cluster slots. UNLINK rather than DEL frees big
+	// segments off Redis's main thread.
+	if len(segs) > 0 {
+		pipe := t.rdb.Pipeline()
+		for _, s := range segs {
+			pipe.Unlink(ctx, t.segPrefix+s)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
 	}
-	pipe.Unlink(ctx, t.indexKey)
+
+	// 2. SREM of the segments deleted rather than UNLINK of the index: a
+	// segment a Mark listed after SMEMBERS was not deleted and stays
+	// listed. The layout marker goes only once the segments written with
+	// it are gone.
+	pipe := t.rdb.Pipeline()
+	for chunk := range slices.Chunk(segs, maxSubOps) {
+		members := make([]any, len(chunk))
+		for i, s := range chunk {
+			members[i] = s
+		}
+		pipe.SRem(ctx, t.indexKey, members...)
+	}
 	pipe.Unlink(ctx, t.layoutKey)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
 	t.layoutOK.Store(false)
+	if len(segs) == 0 {
+		return nil
+	}
+
+	// 3. A segment that exists again was written by a Mark racing this
+	// Reset, which may have listed it before step 2.
+	pipe = t.rdb.Pipeline()
+	exists := make([]*redis.IntCmd, len(segs))
+	for i, s := range segs {
+		exists[i] = pipe.Exists(ctx, t.segPrefix+s)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	var back []any
+	for i, e := range exists {
+		if e.Val() > 0 {
+			back = append(back, segs[i])
+		}
+	}
+	if len(back) > 0 {
+		return t.rdb.SAdd(ctx, t.indexKey, back...).Err()
+	}
 	return nil
 }
 
-// checkLayout makes sure the bitmap in Redis was written with t.bits, and
-// claims it for t.bits when nothing is recorded yet. SET NX GET does both in
-// one atomic step, so two processes starting together cannot each claim a
-// different layout.
-func (t *Tracker) checkLayout(ctx context.Context) error {
+// claimLayout makes sure the bitmap in Redis was written with t.bits, and
+// claims it for t.bits when nothing is recorded yet; every write calls it
+// before writing. SET NX GET does both in one atomic step, so two processes
+// starting together cannot each claim a different layout.
+func (t *Tracker) claimLayout(ctx context.Context) error {
 	if t.layoutOK.Load() {
 		return nil
 	}
-	want := strconv.FormatUint(uint64(t.bits), 10)
-	got, err := t.rdb.SetArgs(ctx, t.layoutKey, want, redis.SetArgs{Mode: "NX", Get: true}).Result()
-	switch {
-	case errors.Is(err, redis.Nil): // nothing recorded: now it is ours
+	got, err := t.rdb.SetArgs(ctx, t.layoutKey, t.layout(), redis.SetArgs{Mode: "NX", Get: true}).Result()
+	if errors.Is(err, redis.Nil) { // nothing recorded: now it is ours
+		t.layoutOK.Store(true)
+		return nil
+	}
+	return t.agree(got, err)
+}
+
+// readLayout makes sure the bitmap in Redis was written with t.bits, as
+// claimLayout does, but never claims it: reads must leave no trace, or a
+// reader configured with other SegmentBits (an operator's 'sweeper status'
+// with the wrong flags) would lock every writer out. recorded is false when
+// no layout is recorded; reads then answer that no key is settled without
+// reading bits. Writes claim the layout before they write, so without one
+// there are no bits but those a Mark racing Reset may leave, in a layout
+// nothing records: reading them could put them at the wrong keys. "Not
+// recorded" is not cached: any write may claim a layout later.
+func (t *Tracker) readLayout(ctx context.Context) (recorded bool, err error) {
+	if t.layoutOK.Load() {
+		return true, nil
+	}
+	got, err := t.rdb.Get(ctx, t.layoutKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err := t.agree(got, err); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// agree checks got, the layout recorded in Redis as read with error err,
+// against t.bits, and caches the agreement.
+func (t *Tracker) agree(got string, err error) error {
+	switch want := t.layout(); {
 	case err != nil:
 		return fmt.Errorf("check segment layout: %w", err)
 	case got != want:
@@ -587,6 +705,9 @@ func (t *Tracker) checkLayout(ctx context.Context) error {
 	t.layoutOK.Store(true)
 	return nil
 }
+
+// layout is t.bits as the layout marker records it.
+func (t *Tracker) layout() string { return strconv.FormatUint(uint64(t.bits), 10) }
 
 func (t *Tracker) segmentKey(seg int64) string {
 	return t.segPrefix + strconv.FormatInt(seg, 10)

@@ -318,9 +318,10 @@ func checkSegmentBits(b uint) error {
 
 // newTracker returns the table's tracker after checking that its bitmap
 // in Redis was written with the same segment bits: a mismatch is an error
-// to report now, not a chunk failure to retry for minutes. The check reads
-// the layout key the tracker documents, without claiming it, so that status
-// run with wrong flags leaves no trace.
+// to report now, with the flag to give, not a chunk failure to retry for
+// minutes. The check reads the layout key the tracker documents, without
+// claiming it; the tracker's own reads do not claim it either (only its
+// writes do), so that status run with wrong flags leaves no trace.
 func newTracker(ctx context.Context, rdb redis.UniversalClient, table, prefix string, bits uint, reg prometheus.Registerer) (*tracker.Tracker, error) {
 	tr, err := tracker.New(rdb, table, &tracker.Config{Prefix: prefix, SegmentBits: bits, Registerer: reg})
 	if err != nil {

@@ -539,12 +539,14 @@ func (r *run) copyChunk(work, ctx context.Context, ch Span, paid *bool) (promote
 var errStopping = errors.New("coldsweep: stopping")
 
 // permanent reports whether trying a chunk again cannot help: the rows are
-// refused, the tracker's layout differs, or Postgres refuses the statement
+// refused, the table's migration is closed, the tracker's layout differs,
+// or Postgres refuses the statement
 // itself (SQLSTATE classes 0A, 28, 3D, 3F, 42: feature, authorization,
 // missing database or schema, syntax or access). Anything else, an outage
 // first, may pass.
 func permanent(err error) bool {
-	if errors.Is(err, promote.ErrRowRejected) || errors.Is(err, tracker.ErrLayoutMismatch) || errors.Is(err, tracker.ErrInvalidKey) {
+	if errors.Is(err, promote.ErrRowRejected) || errors.Is(err, promote.ErrClosed) ||
+		errors.Is(err, tracker.ErrLayoutMismatch) || errors.Is(err, tracker.ErrInvalidKey) {
 		return true
 	}
 	var pgErr *pgconn.PgError

@@ -619,16 +619,25 @@ func (r *Repo[T]) observeWrite(op string, start time.Time, err error) {
 // fall back to OLD.
 var ErrPurgeTooEarly = errors.New("lazy: tombstones are purged only once reads no longer fall back to OLD (Config.Mode is new)")
 
-// PurgeTombstones deletes the table's tombstones and returns how many there
-// were. Tombstones keep deleted keys from coming back from OLD; run it only
-// after the migration is complete: the sweep has finished and verified, and
-// reads are switched to mode new (it refuses otherwise). Old tombstones
-// cost only storage until then.
+// PurgeTombstones closes the table's migration and deletes its tombstones,
+// and returns how many there were. Tombstones keep deleted keys from coming
+// back from OLD; run it only after the migration is complete: the sweep has
+// finished and verified, and reads are switched to mode new (it refuses
+// otherwise). Old tombstones cost only storage until then.
+//
+// Closing is what makes the purge safe against copies still under way or
+// yet to come (promotion tasks queued or retried, Update and Migrate of a
+// key NEW lacks, a sweep, processes that have not seen mode new yet): from
+// the same transaction on, every copy of the table fails with
+// promote.ErrClosed instead of reading a deleted row back in. Promotion
+// tasks then end with nothing to do, Update and Migrate of a key NEW lacks
+// return ErrNotFound, and a sweep stops. Closing cannot be undone: with the
+// tombstones gone, copying again could resurrect deleted rows.
 func (r *Repo[T]) PurgeTombstones(ctx context.Context) (int64, error) {
 	if r.mode() != fallback.ModeNew { // without Config.Mode, always readthrough
 		return 0, ErrPurgeTooEarly
 	}
-	tag, err := r.new.Exec(ctx, `DELETE FROM `+schema.Tombstones+` WHERE table_name = $1`, r.tableID)
+	tag, err := r.new.Exec(ctx, schema.CloseSQL, r.tableID, int(schema.DefaultStripeBits))
 	if err != nil {
 		return 0, fmt.Errorf("%w: purge tombstones of %s: %w", ErrNewUnavailable, r.cfg.Table, err)
 	}

@@ -212,6 +212,8 @@ func (r *Repo[T]) Migrate(ctx context.Context, key int64) error {
 func (r *Repo[T]) migrate(ctx context.Context, key int64) error {
 	res, err := r.cfg.Copier.CopyKeys(ctx, []int64{key})
 	switch {
+	case errors.Is(err, promote.ErrClosed):
+		// The migration is over: what NEW lacks was deleted or never was.
 	case err != nil:
 		return fmt.Errorf("lazy: migrate %s key %d: %w", r.cfg.Table, key, err)
 	case res.Copied+res.Present == 1:

@@ -117,6 +117,11 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 	newKey := c.cols[c.keyIdx].Ident()
 	listTombs := fmt.Sprintf(`SELECT key, true FROM %s WHERE table_name = $2 AND key >= $3::bigint AND key < $4::bigint AND key = ANY($1::bigint[])`,
 		schema.Tombstones)
+	// Each list also checks, in its snapshot, that the table is open: one
+	// that saw the tombstones of a closed table could not tell.
+	open := func(list string, table int) string {
+		return fmt.Sprintf("SELECT * FROM (%s) AS l WHERE %s", list, openSQL(table))
+	}
 	return &bulkRange{
 		old: oldA, new: newA, tableID: nt.ID,
 		oldSelect: fmt.Sprintf(`SELECT %s FROM %s WHERE %s >= %%d AND %s < %%d`,
@@ -126,15 +131,15 @@ func (c *Copier) newBulkRange(ot, nt *pgtable.Table, oldKey pgtable.Column) *bul
 		copyIn:   fmt.Sprintf(`COPY %s (%s) FROM STDIN (FORMAT binary)`, nt.Ident, pgtable.Idents(c.cols)),
 		lockSQL:  lock,
 		// Index-only in NEW: the keys a copy must leave alone.
-		listSQL: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint
+		listSQL: open(fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $1::bigint AND %[1]s < $2::bigint
 UNION ALL
-SELECT key, true FROM %[3]s WHERE table_name = $3 AND key >= $1::bigint AND key < $2::bigint`, newKey, nt.Ident, schema.Tombstones),
+SELECT key, true FROM %[3]s WHERE table_name = $3 AND key >= $1::bigint AND key < $2::bigint`, newKey, nt.Ident, schema.Tombstones), 3),
 		// The given keys lie in [$3, $4): the bounds keep each index scan
 		// to the range, whatever the planner thinks of a long array.
-		listKeys: fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $3::bigint AND %[1]s < $4::bigint AND %[1]s = ANY($1::bigint[])
+		listKeys: open(fmt.Sprintf(`SELECT %[1]s::bigint, false FROM %[2]s WHERE %[1]s >= $3::bigint AND %[1]s < $4::bigint AND %[1]s = ANY($1::bigint[])
 UNION ALL
-%[3]s`, newKey, nt.Ident, listTombs),
-		listTombs: listTombs,
+%[3]s`, newKey, nt.Ident, listTombs), 2),
+		listTombs: open(listTombs, 2),
 	}
 }
 

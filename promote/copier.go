@@ -79,6 +79,11 @@ var (
 	// commit meanwhile: a delete would leave such a row beside its
 	// tombstone, and the deleted key would read as found again.
 	ErrNeedsReadCommitted = errors.New("promote: the transaction must run at READ COMMITTED isolation")
+	// ErrClosed is returned by a copy of a table whose migration was
+	// closed, when its tombstones were purged (lazy's PurgeTombstones):
+	// without them a copy from OLD could bring deleted rows back, so none
+	// is made. NEW holds the table's whole truth; nothing is left to copy.
+	ErrClosed = errors.New("promote: the table's migration is closed")
 )
 
 // CopierConfig configures a Copier.
@@ -468,6 +473,9 @@ func oldError(table string, err error) error {
 // 22) or a constraint violation (class 23) is the rows' fault; a failure
 // with no SQLSTATE is the connection's.
 func newError(table string, err error) error {
+	if cerr := closedError(table, err); cerr != nil {
+		return cerr
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		if class := pgErr.Code[:2]; class == "22" || class == "23" {

@@ -64,7 +64,7 @@ func NewHandler(copiers []*Copier, cfg *HandlerConfig) (*Handler, error) {
 		h.log = slog.New(slog.DiscardHandler)
 	}
 	h.tasks = metrics.CounterVec(c.Registerer, "promote_tasks_total",
-		"Promotion tasks handled, by outcome: ok, error (retried by asynq), rejected (rows NEW refused; archived) or bad_payload (archived at once).",
+		"Promotion tasks handled, by outcome: ok, error (retried by asynq), rejected (rows NEW refused; archived), bad_payload (archived at once) or closed (the table's migration was closed; nothing to do).",
 		"table", "outcome")
 	h.outcomes = metrics.CounterVec(c.Registerer, "promotions_total", promotionsHelp,
 		"table", "outcome")
@@ -93,6 +93,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("promote: no copier for table %q on this worker", p.Table)
 	}
 	res, skipped, rejected, err := h.promote(ctx, cp, p.Keys)
+	if errors.Is(err, ErrClosed) {
+		// Scheduled before the table's migration was closed: NEW holds
+		// its whole truth now, and there is nothing left to do.
+		h.tasks.WithLabelValues(p.Table, "closed").Inc()
+		h.log.InfoContext(ctx, "lazymigrate: promotion task dropped: the table's migration is closed", "table", p.Table, "keys", len(p.Keys))
+		return nil
+	}
 	if err != nil {
 		h.tasks.WithLabelValues(p.Table, "error").Inc()
 		return err

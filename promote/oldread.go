@@ -66,13 +66,13 @@ func (c *Copier) buildSQL(ot, nt *pgtable.Table, oldKey pgtable.Column) {
 	// entries in the same order; the advisory locks already serialize them.
 	c.insertSQL = fmt.Sprintf(`INSERT INTO %s (%s)
 SELECT %s FROM unnest(%s) AS u(%s)
-WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.table_name = $%d AND t.key = %s)
+WHERE %s AND NOT EXISTS (SELECT 1 FROM %s t WHERE t.table_name = $%d AND t.key = %s)
 ORDER BY %s
 ON CONFLICT (%s) DO NOTHING
 RETURNING %s`,
 		nt.Ident, strings.Join(names, ", "),
 		strings.Join(casts, ", "), strings.Join(arrays, ", "), strings.Join(aliases, ", "),
-		schema.Tombstones, len(c.cols)+1, key,
+		openSQL(len(c.cols)+1), schema.Tombstones, len(c.cols)+1, key,
 		key,
 		c.cols[c.keyIdx].Ident(),
 		c.cols[c.keyIdx].Ident())

@@ -53,7 +53,27 @@ var statements = []string{
 		stripe_bits   integer     NOT NULL,
 		registered_at timestamptz NOT NULL DEFAULT now()
 	)`,
+	// Added after the table: schemas set up before it gain it here. The
+	// check keeps a Setup of a current schema from taking the ALTER's
+	// exclusive lock, which copies would queue behind.
+	`DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'lazymigrate.tables'::regclass AND attname = 'closed_at' AND NOT attisdropped) THEN
+			ALTER TABLE lazymigrate.tables ADD COLUMN closed_at timestamptz;
+		END IF;
+	END $$`,
 }
+
+// CloseSQL closes the migration of the table $1 (a pgtable.Table.ID) to
+// copies and deletes its tombstones, in one statement: no copy can see the
+// tombstones gone without seeing the table closed. Copies check closed_at
+// in the statement that checks tombstones, and refuse. $2 is the stripe
+// width to register the table with if it was never registered
+// (DefaultStripeBits). Its tag counts the tombstones deleted.
+const CloseSQL = `WITH closed AS (
+		INSERT INTO lazymigrate.tables AS t (table_name, stripe_bits, closed_at) VALUES ($1, $2, now())
+		ON CONFLICT (table_name) DO UPDATE SET closed_at = coalesce(t.closed_at, now())
+	)
+	DELETE FROM lazymigrate.tombstones WHERE table_name = $1`
 
 // Beginner starts transactions; *pgxpool.Pool and *pgx.Conn implement it.
 type Beginner interface {
@@ -91,7 +111,8 @@ func Setup(ctx context.Context, db Beginner) error {
 // creates exists in db.
 func Check(ctx context.Context, db Querier) error {
 	var ok bool
-	err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
+	err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL
+		AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($2) AND attname = 'closed_at' AND NOT attisdropped)`,
 		Tombstones, Tables, Outbox).Scan(&ok)
 	if err != nil {
 		return fmt.Errorf("check lazymigrate schema in NEW: %w", err)

@@ -428,27 +428,32 @@ func (c *Copier) copy(ctx context.Context, selSQL string, selArgs []any, tombSQL
 	}
 	copied, tombstoned, err := c.writeNew(ctx, batch, tombSQL, tombArgs)
 	if err != nil {
-		c.rows.WithLabelValues("copied").Add(float64(copied))
-		return Result{Copied: copied}, nil, err
+		c.rows.WithLabelValues("copied").Add(float64(len(copied)))
+		return Result{Copied: len(copied)}, nil, err
 	}
 
-	inOld := make(map[int64]struct{}, len(batch.keys))
+	// Each key read from OLD was copied, found present or found
+	// tombstoned. A key this copy inserted and a delete tombstoned right
+	// after its commit counts as copied: the tombstones are listed later.
+	const wasCopied, inOld = 1, 2
+	state := make(map[int64]int, len(batch.keys))
 	for _, k := range batch.keys {
-		inOld[k] = struct{}{}
+		state[k] = inOld
+	}
+	for _, k := range copied {
+		state[k] |= wasCopied
 	}
 	settled := slices.Clone(batch.keys)
-	tombstonedInOld := 0
+	res := Result{Copied: len(copied), Present: len(batch.keys) - len(copied)}
 	for _, k := range tombstoned {
-		if _, ok := inOld[k]; ok {
-			tombstonedInOld++
-		} else {
+		switch state[k] {
+		case inOld:
+			res.Present--
+			res.Tombstoned++
+		case 0:
+			res.Tombstoned++
 			settled = append(settled, k)
 		}
-	}
-	res := Result{
-		Copied:     copied,
-		Present:    len(batch.keys) - copied - tombstonedInOld,
-		Tombstoned: len(tombstoned),
 	}
 	c.rows.WithLabelValues("copied").Add(float64(res.Copied))
 	c.rows.WithLabelValues("present").Add(float64(res.Present))

@@ -53,14 +53,16 @@ func (c *Copier) groups(rows oldRows) []group {
 // writeNew inserts rows into NEW and lists the tombstones tombSQL finds, in
 // one round trip: one pipelined batch holding, per group of stripes, a
 // READ COMMITTED transaction that locks the stripes and inserts what NEW
-// lacks, skipping tombstoned keys and keys NEW already has.
+// lacks, skipping tombstoned keys and keys NEW already has. It returns the
+// keys it inserted, which the tombstones listed after the commits may
+// include: a delete can come in between.
 //
 // READ COMMITTED is spelled out, whatever NEW's default: each statement then
 // takes its snapshot after the locks are granted, so the tombstone check
 // sees a delete that committed while the copy waited for the lock. Under
 // REPEATABLE READ the snapshot would predate the wait and the deleted key
 // would come back.
-func (c *Copier) writeNew(ctx context.Context, rows oldRows, tombSQL string, tombArgs []any) (copied int, tombstoned []int64, err error) {
+func (c *Copier) writeNew(ctx context.Context, rows oldRows, tombSQL string, tombArgs []any) (copied, tombstoned []int64, err error) {
 	gs := c.groups(rows)
 	b := &pgx.Batch{}
 	for _, g := range gs {
@@ -97,17 +99,14 @@ func (c *Copier) writeNew(ctx context.Context, rows oldRows, tombSQL string, tom
 		if err != nil {
 			return copied, nil, newError(c.cfg.Table, err)
 		}
-		n := 0
-		for ins.Next() {
-			n++
-		}
-		if err := ins.Err(); err != nil {
+		inserted, err := pgx.CollectRows(ins, pgx.RowTo[int64])
+		if err != nil {
 			return copied, nil, newError(c.cfg.Table, err)
 		}
 		if _, err := br.Exec(); err != nil {
 			return copied, nil, newError(c.cfg.Table, err)
 		}
-		copied += n
+		copied = append(copied, inserted...)
 	}
 	tombRows, err := br.Query()
 	if err != nil {

@@ -211,6 +211,11 @@ func (r *Repo[T]) Migrate(ctx context.Context, key int64) error {
 
 func (r *Repo[T]) migrate(ctx context.Context, key int64) error {
 	res, err := r.cfg.Copier.CopyKeys(ctx, []int64{key})
+	if errors.Is(err, promote.ErrMarkFailed) {
+		// NEW has committed the copy. The tracker only saves later reads
+		// some work, and a Redis outage must not fail writes.
+		err = nil
+	}
 	switch {
 	case errors.Is(err, promote.ErrClosed):
 		// The migration is over: what NEW lacks was deleted or never was.

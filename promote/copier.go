@@ -84,6 +84,11 @@ var (
 	// without them a copy from OLD could bring deleted rows back, so none
 	// is made. NEW holds the table's whole truth; nothing is left to copy.
 	ErrClosed = errors.New("promote: the table's migration is closed")
+	// ErrMarkFailed wraps the tracker's failure to mark keys settled after
+	// NEW committed their copy: the rows are in NEW and nothing is lost (a
+	// later read, task or sweep marks them), but the tracker does not know
+	// yet. The copy's Result stands.
+	ErrMarkFailed = errors.New("promote: copied, but the tracker could not mark the keys settled")
 )
 
 // CopierConfig configures a Copier.
@@ -314,7 +319,7 @@ func (c *Copier) CopyKeys(ctx context.Context, ks []int64) (Result, error) {
 		if _, err := c.cfg.Marker.Mark(ctx, settled); err != nil {
 			// NEW has committed, so nothing is lost: a later read, task or
 			// sweep marks these keys again.
-			return res, fmt.Errorf("promote: copy %s: mark %d keys: %w", c.cfg.Table, len(settled), err)
+			return res, fmt.Errorf("%w: copy %s: mark %d keys: %w", ErrMarkFailed, c.cfg.Table, len(settled), err)
 		}
 	}
 	return res, nil
@@ -355,7 +360,7 @@ func (c *Copier) CopyRange(ctx context.Context, lo, hi int64) (Result, error) {
 	}
 	if c.cfg.Marker != nil {
 		if err := c.cfg.Marker.MarkRange(ctx, lo, hi); err != nil {
-			return res, fmt.Errorf("promote: copy %s: mark range [%d, %d): %w", c.cfg.Table, lo, hi, err)
+			return res, fmt.Errorf("%w: copy %s: mark range [%d, %d): %w", ErrMarkFailed, c.cfg.Table, lo, hi, err)
 		}
 	}
 	return res, nil
@@ -407,7 +412,7 @@ func (c *Copier) CopyRangeKeys(ctx context.Context, lo, hi int64, ks []int64) (R
 	}
 	if c.cfg.Marker != nil && lo < hi {
 		if err := c.cfg.Marker.MarkRange(ctx, lo, hi); err != nil {
-			return res, fmt.Errorf("promote: copy %s: mark range [%d, %d): %w", c.cfg.Table, lo, hi, err)
+			return res, fmt.Errorf("%w: copy %s: mark range [%d, %d): %w", ErrMarkFailed, c.cfg.Table, lo, hi, err)
 		}
 	}
 	return res, nil

@@ -132,15 +132,10 @@ func TestAfterPurgeNothingIsCopied(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t, setupOpts{})
-	sw, err := fallback.New(nil, "accounts", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo := writeRepo(t, b, lazy.Config[Account]{Mode: sw, DisableMirror: true})
+	repo := writeRepo(t, b, lazy.Config[Account]{Mode: modeNew(t), DisableMirror: true})
 	if err := repo.Delete(ctx, 9); err != nil {
 		t.Fatal(err)
 	}
-	sw.Override(fallback.ModeNew)
 	if _, err := repo.PurgeTombstones(ctx); err != nil {
 		t.Fatal(err)
 	}

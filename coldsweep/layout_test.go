@@ -164,3 +164,47 @@ func TestShardsReplacingALayoutTogetherKeepNewProgress(t *testing.T) {
 		return &onCommand{key: layoutKey, after: other}
 	})
 }
+
+// A sweep of shards 0/2 and 1/2 finished a while ago; shard 0/2 of the same
+// layout runs again (a new sweep, held by the pause). Its record must say
+// at once that it has not finished, or a shard of another layout starting
+// now would read last run's records, take the layout for done, and take it
+// over while shard 0/2 runs.
+func TestSweepRunAgainMarksItsShardUnfinishedAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setupSweep(t, 400)
+	ctx := context.Background()
+	for i := range int64(2) {
+		b.sweep(t, coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: i, N: 2}})
+	}
+	if err := coldsweep.SetPaused(ctx, b.rdb, b.prefix, "accounts", true); err != nil {
+		t.Fatal(err)
+	}
+	again, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 2}, ProgressInterval: time.Hour}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx1, cancel1 := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := again.Run(ctx1); done <- err }()
+	defer func() { cancel1(); <-done }()
+	testenv.Eventually(t, 10*time.Second, "shard 0/2, run again, records that it has not finished, long before its first ProgressInterval", func() bool {
+		ps, _ := coldsweep.LoadProgress(ctx, b.rdb, b.prefix, "accounts")
+		for _, p := range ps {
+			if p.Shard == "0/2" && !p.Finished {
+				return true
+			}
+		}
+		return false
+	})
+
+	other, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 3}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithTimeout(ctx, 10*time.Second) // bounds a shard wrongly let through: held by the pause
+	defer cancel2()
+	if _, err := other.Run(ctx2); !errors.Is(err, coldsweep.ErrLayoutChanged) {
+		t.Fatalf("shard 0/3 started while shard 0/2 runs again: err = %v, want ErrLayoutChanged", err)
+	}
+}

@@ -336,6 +336,17 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 		}
 	}()
 
+	// A first record right away, not one ProgressInterval later: until
+	// then this shard's record would be the last run's, finished, and a
+	// shard of another layout starting meanwhile would take it for done
+	// (see claimLayout).
+	r.mu.Lock()
+	first := r.snapshotLocked(false)
+	r.mu.Unlock()
+	if err := saveProgress(ctx, r.cfg.Redis, r.cfg.Prefix, first); err != nil {
+		r.log.WarnContext(ctx, "cannot save sweep progress to Redis", "err", err)
+	}
+
 	r.throttle.check(work) // a paused sweep starts no chunk
 	throttleDone := make(chan struct{})
 	go func() { defer close(throttleDone); r.throttle.run(work) }()

@@ -165,11 +165,36 @@ func TestShardsReplacingALayoutTogetherKeepNewProgress(t *testing.T) {
 	})
 }
 
+// afterExpire is a go-redis hook that calls fn once, right after the first
+// EXPIRE of key.
+type afterExpire struct {
+	key  string
+	fn   func()
+	once sync.Once
+}
+
+func (h *afterExpire) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *afterExpire) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if cmd.Name() == "expire" && cmd.Args()[1] == h.key {
+			h.once.Do(h.fn)
+		}
+		return err
+	}
+}
+
+func (h *afterExpire) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
 // A sweep of shards 0/2 and 1/2 finished a while ago; shard 0/2 of the same
-// layout runs again (a new sweep, held by the pause). Its record must say
-// at once that it has not finished, or a shard of another layout starting
-// now would read last run's records, take the layout for done, and take it
-// over while shard 0/2 runs.
+// layout runs again (a new sweep, held by the pause), and its claim finds
+// its layout recorded (EXPIRE only). A shard of another layout starting
+// right then must be refused: had the new run's record not yet said that
+// shard 0/2 runs, the newcomer would read last run's records, take the
+// layout for done, and take it over.
 func TestSweepRunAgainMarksItsShardUnfinishedAtOnce(t *testing.T) {
 	t.Parallel()
 	b := setupSweep(t, 400)
@@ -180,31 +205,51 @@ func TestSweepRunAgainMarksItsShardUnfinishedAtOnce(t *testing.T) {
 	if err := coldsweep.SetPaused(ctx, b.rdb, b.prefix, "accounts", true); err != nil {
 		t.Fatal(err)
 	}
-	again, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 2}, ProgressInterval: time.Hour}))
+	layoutKey := b.prefix + ":sweep:accounts:layout"
+	var otherErr error
+	hook := &afterExpire{key: layoutKey, fn: func() {
+		other, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 3}}))
+		if err != nil {
+			otherErr = err
+			return
+		}
+		// Bounds a shard wrongly let through: the pause holds it.
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, otherErr = other.Run(octx)
+	}}
+	rdb := redis.NewClient(b.rdb.Options())
+	defer rdb.Close()
+	rdb.AddHook(hook)
+	c := b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 2}, ProgressInterval: time.Hour})
+	c.Redis = rdb
+	again, err := coldsweep.New(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx1, cancel1 := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { _, err := again.Run(ctx1); done <- err }()
-	defer func() { cancel1(); <-done }()
-	testenv.Eventually(t, 10*time.Second, "shard 0/2, run again, records that it has not finished, long before its first ProgressInterval", func() bool {
-		ps, _ := coldsweep.LoadProgress(ctx, b.rdb, b.prefix, "accounts")
-		for _, p := range ps {
-			if p.Shard == "0/2" && !p.Finished {
-				return true
-			}
-		}
-		return false
+	// The hook runs inside shard 0/2's claim, before Run goes on to the
+	// pause: once shard 0/2 is held, shard 0/3 has had its answer.
+	testenv.Eventually(t, 10*time.Second, "shard 0/2 claims its layout and holds for the pause", func() bool {
+		return testenv.GaugeValue(t, b.reg, "lazymigrate_sweep_throttled", "table", "accounts") == 1
 	})
-
-	other, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 3}}))
+	cancel1()
+	if err := <-done; !errors.Is(err, coldsweep.ErrInterrupted) {
+		t.Errorf("shard 0/2 run again: %v, want it interrupted", err)
+	}
+	got, _ := b.rdb.Get(ctx, layoutKey).Result()
+	if !errors.Is(otherErr, coldsweep.ErrLayoutChanged) || got != "chunk=50 shards=2" {
+		t.Fatalf("shard 0/3 started while shard 0/2 runs again: err = %v, want ErrLayoutChanged; layout now %q", otherErr, got)
+	}
+	ps, err := coldsweep.LoadProgress(ctx, b.rdb, b.prefix, "accounts")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx2, cancel2 := context.WithTimeout(ctx, 10*time.Second) // bounds a shard wrongly let through: held by the pause
-	defer cancel2()
-	if _, err := other.Run(ctx2); !errors.Is(err, coldsweep.ErrLayoutChanged) {
-		t.Fatalf("shard 0/3 started while shard 0/2 runs again: err = %v, want ErrLayoutChanged", err)
+	for _, p := range ps {
+		if p.Shard == "0/3" {
+			t.Errorf("refused shard 0/3 left a progress record: %+v", p)
+		}
 	}
 }

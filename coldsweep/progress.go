@@ -16,8 +16,8 @@ import (
 // progressTTL keeps a finished sweep's progress visible for a while.
 const progressTTL = 30 * 24 * time.Hour
 
-// progressKey is a Redis hash holding, per shard, the last progress of the
-// sweep of a table.
+// progressKey is a Redis hash holding, per shard and layout, the last
+// progress of the sweep of a table.
 func progressKey(prefix, table string) string { return prefix + ":sweep:" + table }
 
 func pauseKey(prefix, table string) string { return prefix + ":sweep:" + table + ":paused" }
@@ -174,6 +174,24 @@ func unfinishedShards(layout string, ps []Progress) string {
 	return "shards " + strings.Join(left, ", ") + " have not finished"
 }
 
+// field is p's field in the progress hash. It names the layout as well as
+// the shard: a shard that starts records its run before it claims the
+// layout, and must not overwrite the record of the same shard of the
+// sweep it may then be refused to replace.
+func (p Progress) field() string { return p.Layout + " " + p.Shard }
+
+// forgetProgress deletes the record p, if it is still the one saved.
+func forgetProgress(ctx context.Context, rdb redis.UniversalClient, prefix string, p Progress) error {
+	if rdb == nil {
+		return nil
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return deleteUnchanged.Run(ctx, rdb, []string{progressKey(prefix, p.Table)}, p.field(), string(b)).Err()
+}
+
 func saveProgress(ctx context.Context, rdb redis.UniversalClient, prefix string, p Progress) error {
 	if rdb == nil {
 		return nil
@@ -184,7 +202,7 @@ func saveProgress(ctx context.Context, rdb redis.UniversalClient, prefix string,
 	}
 	key := progressKey(prefix, p.Table)
 	pipe := rdb.TxPipeline()
-	pipe.HSet(ctx, key, p.Shard, b)
+	pipe.HSet(ctx, key, p.field(), b)
 	pipe.Expire(ctx, key, progressTTL)
 	_, err = pipe.Exec(ctx)
 	return err

@@ -274,14 +274,28 @@ func (s *Sweeper) Run(ctx context.Context) (*Summary, error) {
 			}
 		}
 	}
-	if err := s.claimLayout(ctx); err != nil {
-		return nil, err
-	}
 	r := &run{
 		Sweeper: s,
 		span:    span,
 		start:   time.Now(),
 		chunks:  countChunks(span, s.cfg.Chunk, s.cfg.Shard),
+	}
+	// This shard's record says it runs before it claims the layout, not
+	// one ProgressInterval later: until then the record would be the last
+	// run's, finished, and a shard of another layout claiming meanwhile
+	// would take the layout for done (see claimLayout).
+	r.mu.Lock()
+	first := r.snapshotLocked(false)
+	r.mu.Unlock()
+	if err := saveProgress(ctx, s.cfg.Redis, s.cfg.Prefix, first); err != nil {
+		return nil, fmt.Errorf("coldsweep: record the start of %s's sweep: %w", s.table, err)
+	}
+	if err := s.claimLayout(ctx); err != nil {
+		if errors.Is(err, ErrLayoutChanged) {
+			// Refused, this run leaves no record to mix with the sweep's.
+			_ = forgetProgress(context.WithoutCancel(ctx), s.cfg.Redis, s.cfg.Prefix, first)
+		}
+		return nil, err
 	}
 	if s.cfg.Rate > 0 {
 		r.limiter = rate.NewLimiter(rate.Limit(s.cfg.Rate), int(s.cfg.Chunk))
@@ -335,17 +349,6 @@ func (r *run) run(ctx context.Context) (*Summary, error) {
 		case <-hard.Done():
 		}
 	}()
-
-	// A first record right away, not one ProgressInterval later: until
-	// then this shard's record would be the last run's, finished, and a
-	// shard of another layout starting meanwhile would take it for done
-	// (see claimLayout).
-	r.mu.Lock()
-	first := r.snapshotLocked(false)
-	r.mu.Unlock()
-	if err := saveProgress(ctx, r.cfg.Redis, r.cfg.Prefix, first); err != nil {
-		r.log.WarnContext(ctx, "cannot save sweep progress to Redis", "err", err)
-	}
 
 	r.throttle.check(work) // a paused sweep starts no chunk
 	throttleDone := make(chan struct{})

@@ -201,7 +201,7 @@ func (c *Copier) copyRangeBulk(ctx context.Context, lo, hi int64, ks []int64) (t
 func (c *Copier) bulkOnce(ctx context.Context, lo, hi int64, ks []int64) (res, uncounted Result, _ error) {
 	rows, complete, err := c.readBulkPart(ctx, lo, hi, ks)
 	if err != nil {
-		return Result{}, Result{}, err
+		return Result{}, Result{}, c.oldRejected(ctx, err)
 	}
 	if !complete {
 		if len(rows.tuples) == 0 { // a single row is past the bound

@@ -1,6 +1,7 @@
 package promote
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,4 +40,22 @@ func closedError(table string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s", ErrClosed, table)
+}
+
+// oldRejected returns err, the rejection of rows read from OLD (a
+// Transform that failed, a key twice or NULL), unless the table is closed:
+// then it returns ErrClosed. Those rows fail before any statement in NEW,
+// so before openSQL; reported as rejected, they would ask for data to be
+// fixed that nothing will copy again. Rejections are rare: the query costs
+// the copy path nothing.
+func (c *Copier) oldRejected(ctx context.Context, err error) error {
+	if !errors.Is(err, ErrRowRejected) {
+		return err
+	}
+	var closed bool
+	q := `SELECT EXISTS (SELECT 1 FROM ` + schema.Tables + ` WHERE table_name = $1 AND closed_at IS NOT NULL)`
+	if c.new.QueryRow(ctx, q, c.tableID).Scan(&closed) == nil && closed {
+		return fmt.Errorf("%w: %s", ErrClosed, c.cfg.Table)
+	}
+	return err
 }

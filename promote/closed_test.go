@@ -93,3 +93,42 @@ func TestHandlerDropsTasksOfAClosedTable(t *testing.T) {
 		t.Errorf("NEW holds %d rows, want 0", n)
 	}
 }
+
+// Rows OLD's side rejects (a Transform that fails, a key OLD holds twice)
+// fail before any statement in NEW. On a closed table they must still read
+// as the closure: a rejection asks for data to be fixed that nothing will
+// copy again, and archives the task.
+func TestClosedTableRefusalIsNotARejection(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	t.Run("a Transform that fails, through a task", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, &promote.CopierConfig{Transform: func(context.Context, promote.Row) (promote.Row, error) {
+			return nil, errors.New("bad row")
+		}})
+		closeMigration(t, b)
+		reg := prometheus.NewRegistry()
+		h, err := promote.NewHandler([]*promote.Copier{b.copier}, &promote.HandlerConfig{Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := promote.NewTask("accounts", []int64{1, 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = h.ProcessTask(ctx, task)
+		if closed := testenv.CounterValue(t, reg, "lazymigrate_promote_tasks_total", "outcome", "closed"); err != nil || closed != 1 {
+			t.Errorf("task of a closed table whose rows the Transform refuses: %v, closed = %v; want nil and 1", err, closed)
+		}
+	})
+	t.Run("a key OLD holds twice, on the bulk path", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, nil)
+		b.pair.Old.Exec(t, `ALTER TABLE accounts DROP CONSTRAINT accounts_pkey`)
+		b.pair.Old.Exec(t, `INSERT INTO accounts SELECT * FROM accounts WHERE id = 5`)
+		closeMigration(t, b)
+		if _, err := b.copier.CopyRange(ctx, 1, 101); !errors.Is(err, promote.ErrClosed) || errors.Is(err, promote.ErrRowRejected) {
+			t.Errorf("CopyRange of a closed table, OLD holding key 5 twice: %v, want ErrClosed only", err)
+		}
+	})
+}

@@ -426,7 +426,7 @@ func (c *Copier) copy(ctx context.Context, selSQL string, selArgs []any, tombSQL
 
 	batch, err := c.readOld(ctx, selSQL, selArgs)
 	if err != nil {
-		return Result{}, nil, err
+		return Result{}, nil, c.oldRejected(ctx, err)
 	}
 	if h := c.cfg.Hooks.AfterRead; h != nil {
 		h(ctx, batch.keys)

@@ -850,3 +850,20 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// Once the table's migration is closed (its tombstones purged), a key NEW
+// lacks is a 404 without asking OLD: OLD may still hold rows deleted
+// before the purge, whose tombstones are gone.
+func TestClosedTableIsNotFoundWithoutAskingOld(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{tombstones: true})
+	b.pair.New.Exec(t, `INSERT INTO lazymigrate.tables (table_name, stripe_bits, closed_at) VALUES ('public.accounts', 10, now())`)
+	b.resetCounts()
+	r := b.get(t, "/accounts/10") // in OLD only
+	if r.status != http.StatusNotFound || r.source(t) != "new" {
+		t.Fatalf("key of a closed table NEW lacks: %d from %q, want 404 from new", r.status, r.source(t))
+	}
+	if n := b.oldQueries.Load(); n != 0 {
+		t.Fatalf("OLD queried %d times for a key of a closed table", n)
+	}
+}

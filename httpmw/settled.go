@@ -63,12 +63,12 @@ func NewTombstones(ctx context.Context, newDB Querier, table string) (*Tombstone
 	return &Tombstones{db: newDB, table: t.ID}, nil
 }
 
-const tombstoneSQL = `SELECT EXISTS (SELECT 1 FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key = $2)`
-
-// IsTombstoned reports whether key was deleted through lazymigrate.
+// IsTombstoned reports whether key was deleted through lazymigrate, or is
+// gone for good because the table's migration is closed (its tombstones
+// purged): either way the middleware must not fall back to OLD for it.
 func (t *Tombstones) IsTombstoned(ctx context.Context, key int64) (bool, error) {
 	var tomb bool
-	if err := t.db.QueryRow(ctx, tombstoneSQL, t.table, key).Scan(&tomb); err != nil {
+	if err := t.db.QueryRow(ctx, schema.GoneSQL, t.table, key).Scan(&tomb); err != nil {
 		return false, fmt.Errorf("httpmw: tombstone of %s key %d: %w", t.table, key, err)
 	}
 	return tomb, nil

@@ -163,3 +163,30 @@ func TestAfterPurgeNothingIsCopied(t *testing.T) {
 		t.Errorf("Get(9) after Put = %+v, %v", got, err)
 	}
 }
+
+// Invariant 3 on a closed table, for reads: a process still reading in
+// readthrough (it has not seen mode new yet, or Redis lost the mode key)
+// with the tracker's bits lost must not serve from OLD a key deleted
+// before the purge. Once the table is closed, a key NEW lacks is gone.
+func TestReadsOfAClosedTableDoNotFallBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{Mode: modeNew(t), DisableMirror: true})
+	if err := repo.Delete(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.PurgeTombstones(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.tracker.Reset(ctx); err != nil { // Redis lost its keys
+		t.Fatal(err)
+	}
+	if got, err := b.repo.Get(ctx, 9); !errors.Is(err, lazy.ErrNotFound) {
+		t.Errorf("Get(deleted and purged 9) in readthrough = %+v, %v; want ErrNotFound", got, err)
+	}
+	got, err := b.repo.GetMany(ctx, []int64{9, 10})
+	if err != nil || len(got) != 0 {
+		t.Errorf("GetMany(9, 10) of a closed table NEW lacks both of = %v, %v; want nothing", keysOf(got), err)
+	}
+}

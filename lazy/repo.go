@@ -183,7 +183,7 @@ type Repo[T any] struct {
 	oldSQL     string
 	newManySQL string // key-prefixed rows for GetMany
 	oldManySQL string
-	tombSQL    string
+	tombSQL    string // schema.GoneSQL: tombstoned, or the table closed
 	tombsSQL   string
 
 	trackerDownUntil atomic.Int64 // unix nanos
@@ -278,8 +278,7 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	r.oldSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1`, pgtable.Idents(oldCols), ot.Ident, ok)
 	r.newManySQL = fmt.Sprintf(`SELECT %s::bigint, %s FROM %s WHERE %s = ANY($1::bigint[])`, nk, pgtable.Idents(newCols), nt.Ident, nk)
 	r.oldManySQL = fmt.Sprintf(`SELECT %s::bigint, %s FROM %s WHERE %s = ANY($1::bigint[])`, ok, pgtable.Idents(oldCols), ot.Ident, ok)
-	r.tombSQL = `SELECT EXISTS (SELECT 1 FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key = $2)`
-	r.tombsSQL = `SELECT key FROM ` + schema.Tombstones + ` WHERE table_name = $1 AND key = ANY($2::bigint[])`
+	r.tombSQL, r.tombsSQL = schema.GoneSQL, schema.GoneKeysSQL
 	if err := schema.Check(ctx, newDB); err != nil {
 		return nil, fmt.Errorf("lazy: %w", err)
 	}
@@ -312,8 +311,9 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 }
 
 // Get returns the record with key. It reads NEW; on a miss it reads OLD
-// unless the key is settled (tombstoned, or settled in the tracker), and
-// schedules promotion of a key found in OLD. Errors wrap ErrNotFound,
+// unless the key is settled (tombstoned, or settled in the tracker) or the
+// table's migration is closed (see PurgeTombstones), and schedules
+// promotion of a key found in OLD. Errors wrap ErrNotFound,
 // ErrInvalidKey, ErrOldUnavailable or ErrNewUnavailable; an error from
 // Config.Scan is returned as it is.
 func (r *Repo[T]) Get(ctx context.Context, key int64) (T, error) {

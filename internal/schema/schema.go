@@ -63,6 +63,20 @@ var statements = []string{
 	END $$`,
 }
 
+// GoneSQL tells whether key $2 of the table $1 (a pgtable.Table.ID) that
+// NEW lacks is gone for good: deleted through lazymigrate (tombstoned), or
+// any key at all once the table's migration is closed, when tombstones are
+// purged and OLD may still hold deleted rows. Reads fall back to OLD only
+// for a key that is not gone.
+const GoneSQL = `SELECT EXISTS (SELECT 1 FROM lazymigrate.tombstones WHERE table_name = $1 AND key = $2)
+	OR EXISTS (SELECT 1 FROM lazymigrate.tables WHERE table_name = $1 AND closed_at IS NOT NULL)`
+
+// GoneKeysSQL returns the keys among $2 (bigint[]) of the table $1 that are
+// gone for good, as GoneSQL.
+const GoneKeysSQL = `SELECT key FROM lazymigrate.tombstones WHERE table_name = $1 AND key = ANY($2::bigint[])
+	UNION ALL
+	SELECT k FROM unnest($2::bigint[]) AS k WHERE EXISTS (SELECT 1 FROM lazymigrate.tables WHERE table_name = $1 AND closed_at IS NOT NULL)`
+
 // CloseSQL closes the migration of the table $1 (a pgtable.Table.ID) to
 // copies and deletes its tombstones, in one statement: no copy can see the
 // tombstones gone without seeing the table closed. Copies check closed_at

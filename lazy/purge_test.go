@@ -124,6 +124,23 @@ func TestPurgeDuringUpdatesPromotion(t *testing.T) {
 	}
 }
 
+// purgedWithoutMirror returns a bundle whose repo, without mirroring and
+// in mode new, deleted key and then purged the tombstones: OLD still holds
+// the key's row.
+func purgedWithoutMirror(t *testing.T, key int64) (*testBundle, *lazy.Repo[Account]) {
+	t.Helper()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	repo := writeRepo(t, b, lazy.Config[Account]{Mode: modeNew(t), DisableMirror: true})
+	if err := repo.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.PurgeTombstones(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return b, repo
+}
+
 // Without mirroring OLD keeps the rows deleted in NEW, so after the purge
 // no race is needed: every later copy would bring them back. None is made:
 // Update and Migrate find nothing, copies and sweeps of the table refuse,
@@ -131,14 +148,7 @@ func TestPurgeDuringUpdatesPromotion(t *testing.T) {
 func TestAfterPurgeNothingIsCopied(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b := setup(t, setupOpts{})
-	repo := writeRepo(t, b, lazy.Config[Account]{Mode: modeNew(t), DisableMirror: true})
-	if err := repo.Delete(ctx, 9); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repo.PurgeTombstones(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b, repo := purgedWithoutMirror(t, 9)
 	if _, err := repo.Update(ctx, 9, func(*Account) error { return nil }); !errors.Is(err, lazy.ErrNotFound) {
 		t.Errorf("Update(deleted 9) after the purge = %v, want ErrNotFound", err)
 	}
@@ -171,14 +181,7 @@ func TestAfterPurgeNothingIsCopied(t *testing.T) {
 func TestReadsOfAClosedTableDoNotFallBack(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b := setup(t, setupOpts{})
-	repo := writeRepo(t, b, lazy.Config[Account]{Mode: modeNew(t), DisableMirror: true})
-	if err := repo.Delete(ctx, 9); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repo.PurgeTombstones(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b, _ := purgedWithoutMirror(t, 9)
 	if err := b.tracker.Reset(ctx); err != nil { // Redis lost its keys
 		t.Fatal(err)
 	}

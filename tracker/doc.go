@@ -15,9 +15,10 @@
 // the first byte (Redis's own bit order). Each segment is its own Redis
 // string:
 //
-//	<Prefix>:tracker:<table>:<s>          one segment, 2^SegmentBits bits
-//	<Prefix>:tracker:<table>:segments     set of the segment numbers in use
-//	<Prefix>:tracker:<table>:segment_bits the SegmentBits the bitmap was written with
+//	<Prefix>:tracker:<table>:b<SegmentBits>:<s>       one segment, 2^SegmentBits bits
+//	<Prefix>:tracker:<table>:b<SegmentBits>:segments  set of the segment numbers in use
+//	<Prefix>:tracker:<table>:segment_bits             the SegmentBits the bitmap is written with
+//	<Prefix>:tracker:<table>:layouts                  every SegmentBits ever written with
 //
 // One big bitmap would be simpler, but Redis allocates a string up to the
 // highest bit ever set, inside its single thread: a first write near bit
@@ -34,16 +35,22 @@
 // segment without SCAN, which is slow and node-local on a cluster. Writes
 // list a segment there both before and after writing its bits, so that a
 // Reset racing them leaves no segment unlisted (on a single Redis node; see
-// [Tracker.Reset] for what a racing write may still do). The segment_bits
-// key guards against two processes configured with different SegmentBits
-// for the same table: they would read each other's bits at the wrong keys
-// and skip keys that were never copied, so the first call of a Tracker
-// checks it and fails with [ErrLayoutMismatch] instead. The first write
+// [Tracker.Reset] for what a racing write may still do).
+//
+// Two processes configured with different SegmentBits for the same table
+// would read each other's bits at the wrong keys and skip keys never
+// copied. Bitmaps of different SegmentBits therefore never share a key
+// (the b<SegmentBits> part): a misconfigured process sees an empty bitmap,
+// which costs copies and never skips one, even after Redis lost the
+// segment_bits record, which a process that checked it before does not
+// write again. The record surfaces the mistake: the first call of a
+// Tracker checks it and fails with [ErrLayoutMismatch]. The first write
 // records it (SET NX); reads only look, so that a reader with the wrong
 // SegmentBits, such as an operator's tool, cannot lock the writers out.
 // Until a write records a layout, reads answer that no key is settled
-// without reading bits (there are none, short of those a Mark racing Reset
-// may leave), and look again on their next call.
+// without reading bits, and look again on their next call. Every write
+// adds its SegmentBits to the layouts set, in the same round trip, so that
+// [Tracker.Reset] finds every bitmap.
 //
 // # Cost
 //
@@ -51,7 +58,8 @@
 // whatever the number of keys, plus one more for the layout check on the
 // first call of a Tracker (a read that finds no layout recorded costs that
 // one alone, and checks again on the next call). Count costs two round
-// trips, Reset four (five when a write raced it). Marking a batch uses
+// trips, Reset five (plus four per bitmap of other SegmentBits, and one
+// when a write raced it). Marking a batch uses
 // BITFIELD, which returns each bit's previous value, so [Tracker.Mark]
 // learns how many keys were newly settled at no extra cost. Counting runs
 // BITCOUNT over every segment inside Redis (about 40 µs per 128 KiB

@@ -386,7 +386,7 @@ func TestRedisErrorsAreReturned(t *testing.T) {
 		b := setup(t, 10)
 		ctx := testContext(t)
 		mustMark(t, b.tr, 1, 3, 1030)
-		seg0 := b.prefix + ":tracker:t:0"
+		seg0 := b.prefix + ":tracker:t:b10:0"
 		if err := b.rdb.Del(ctx, seg0).Err(); err != nil {
 			t.Fatalf("DEL: %v", err)
 		}

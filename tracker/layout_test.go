@@ -206,3 +206,43 @@ func TestReadsCheckLayoutOnce(t *testing.T) {
 		want("IsSettled with the layout recorded", trips...)
 	}
 }
+
+// Bitmaps written with different SegmentBits never share a key. When the
+// layout record is gone (Redis lost it while a process that had checked
+// it kept writing), a tracker of other SegmentBits claims the layout and
+// reads no bit of the other bitmap at the wrong key: it sees nothing
+// settled, which costs copies but never skips one. A Reset with the new
+// SegmentBits then removes both bitmaps.
+func TestBitmapsOfOtherSegmentBitsDoNotMix(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 10)
+	ctx := testContext(t)
+	mustMark(t, b.tr, 1, 2, 1025) // segments 0 and 1 of 1024 keys
+	if err := b.rdb.Del(ctx, b.prefix+":tracker:t:segment_bits").Err(); err != nil {
+		t.Fatal(err)
+	}
+	mustMark(t, b.tr, 1026) // the layout checked once: not recorded again
+	other, err := tracker.New(b.rdb, "t", &tracker.Config{Prefix: b.prefix, SegmentBits: 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.MarkRange(ctx, 8192, 8193); err != nil { // claims SegmentBits 12
+		t.Fatal(err)
+	}
+	// Read with 4096-key segments, the first bitmap's segment 1 would
+	// hold keys 4096.., and its bits 1 and 2 keys 4097 and 4098.
+	for _, k := range []int64{1, 2, 1025, 1026, 4097, 4098} {
+		if ok, err := other.IsSettled(ctx, k); err != nil || ok {
+			t.Errorf("IsSettled(%d) with SegmentBits 12 = %v, %v; want false", k, ok, err)
+		}
+	}
+	if n, err := other.Count(ctx); err != nil || n != 1 {
+		t.Errorf("Count with SegmentBits 12 = %d, %v; want 1", n, err)
+	}
+	if err := other.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ks := b.redisKeys(t); len(ks) != 0 {
+		t.Errorf("after Reset: Redis keys %v, want none", ks)
+	}
+}

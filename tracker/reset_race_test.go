@@ -130,7 +130,7 @@ func hookedTracker(t *testing.T, b testBundle, hook redis.Hook) *tracker.Tracker
 func requireListed(t *testing.T, b testBundle) {
 	t.Helper()
 	ctx := testContext(t)
-	base := b.prefix + ":tracker:t:"
+	base := b.prefix + ":tracker:t:b10:" // SegmentBits 10
 	listed, err := b.rdb.SMembers(ctx, base+"segments").Result()
 	if err != nil {
 		t.Fatalf("SMEMBERS: %v", err)

@@ -88,9 +88,14 @@ type Tracker struct {
 	table string
 	bits  uint
 
-	segPrefix string // "<Prefix>:tracker:<table>:"; a segment key is this plus its number
+	base      string // "<Prefix>:tracker:<table>:"
+	segPrefix string // "<base>b<SegmentBits>:"; a segment key is this plus its number
 	indexKey  string // set of segment numbers in use
 	layoutKey string // SegmentBits the bitmap was written with
+	// layoutsKey is the set of every SegmentBits written with, which
+	// writes add to even when the layoutKey record is gone: Reset finds
+	// every bitmap through it.
+	layoutsKey string
 
 	// layoutOK is set once layoutKey has been found to agree with bits, or
 	// claimed for them, so that later calls skip the round trip of the
@@ -123,12 +128,14 @@ func New(rdb redis.UniversalClient, table string, cfg *Config) (*Tracker, error)
 
 	base := c.Prefix + ":tracker:" + table + ":"
 	t := &Tracker{
-		rdb:       rdb,
-		table:     table,
-		bits:      c.SegmentBits,
-		segPrefix: base,
-		indexKey:  base + "segments",
-		layoutKey: base + "segment_bits",
+		rdb:        rdb,
+		table:      table,
+		bits:       c.SegmentBits,
+		base:       base,
+		segPrefix:  layoutPrefix(base, c.SegmentBits),
+		indexKey:   layoutPrefix(base, c.SegmentBits) + "segments",
+		layoutKey:  base + "segment_bits",
+		layoutsKey: base + "layouts",
 	}
 	if err := t.registerMetrics(c.Registerer); err != nil {
 		return nil, err
@@ -181,6 +188,7 @@ func (t *Tracker) mark(ctx context.Context, ks []int64) (int, error) {
 	// step, it makes sure that bits written after Reset deleted their
 	// segment end up listed (see reset).
 	members := t.segmentMembers(sorted)
+	pipe.SAdd(ctx, t.layoutsKey, t.layout())
 	pipe.SAdd(ctx, t.indexKey, members...)
 
 	var cmds []*redis.IntSliceCmd
@@ -257,6 +265,7 @@ func (t *Tracker) markRange(ctx context.Context, lo, hi int64) error {
 	for seg := range t.spans(lo, hi) {
 		members = append(members, strconv.FormatInt(seg, 10))
 	}
+	pipe.SAdd(ctx, t.layoutsKey, t.layout())
 	pipe.SAdd(ctx, t.indexKey, members...) // before and after the bits, as in mark
 
 	for seg, sp := range t.spans(lo, hi) {
@@ -590,7 +599,39 @@ func (t *Tracker) Reset(ctx context.Context) error {
 // either after step 2, listing the segment again, or before it, and then
 // so did the bits, which step 3 finds and lists.
 func (t *Tracker) reset(ctx context.Context) error {
-	segs, err := t.rdb.SMembers(ctx, t.indexKey).Result()
+	// Bitmaps written with other SegmentBits live under keys of their own:
+	// Reset removes them too, as a full Rebuild to new SegmentBits
+	// expects.
+	layouts, err := t.rdb.SMembers(ctx, t.layoutsKey).Result()
+	if err != nil {
+		return err
+	}
+	var gone []any
+	for _, l := range layouts {
+		bits, err := strconv.ParseUint(l, 10, 8)
+		if err != nil || uint(bits) == t.bits {
+			continue
+		}
+		other := layoutPrefix(t.base, uint(bits))
+		if err := resetSegments(ctx, t.rdb, other, other+"segments"); err != nil {
+			return err
+		}
+		gone = append(gone, l)
+	}
+	// The layout is checked again on the next call, whatever happens here.
+	defer t.layoutOK.Store(false)
+	if err := resetSegments(ctx, t.rdb, t.segPrefix, t.indexKey, t.layoutKey); err != nil {
+		return err
+	}
+	// A write racing this Reset adds its SegmentBits again.
+	return t.rdb.SRem(ctx, t.layoutsKey, append(gone, t.layout())...).Err()
+}
+
+// resetSegments deletes the segments listed in indexKey (their keys are
+// segPrefix plus their number) in the three steps reset describes; the
+// keys also go in step 2, with the index entries.
+func resetSegments(ctx context.Context, rdb redis.UniversalClient, segPrefix, indexKey string, also ...string) error {
+	segs, err := rdb.SMembers(ctx, indexKey).Result()
 	if err != nil {
 		return err
 	}
@@ -600,9 +641,9 @@ func (t *Tracker) reset(ctx context.Context) error {
 	// live in different cluster slots. UNLINK rather than DEL frees big
 	// segments off Redis's main thread.
 	if len(segs) > 0 {
-		pipe := t.rdb.Pipeline()
+		pipe := rdb.Pipeline()
 		for _, s := range segs {
-			pipe.Unlink(ctx, t.segPrefix+s)
+			pipe.Unlink(ctx, segPrefix+s)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return err
@@ -613,29 +654,32 @@ func (t *Tracker) reset(ctx context.Context) error {
 	// segment a Mark listed after SMEMBERS was not deleted and stays
 	// listed. The layout marker goes only once the segments written with
 	// it are gone.
-	pipe := t.rdb.Pipeline()
+	pipe := rdb.Pipeline()
 	for chunk := range slices.Chunk(segs, maxSubOps) {
 		members := make([]any, len(chunk))
 		for i, s := range chunk {
 			members[i] = s
 		}
-		pipe.SRem(ctx, t.indexKey, members...)
+		pipe.SRem(ctx, indexKey, members...)
 	}
-	pipe.Unlink(ctx, t.layoutKey)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return err
+	for _, k := range also {
+		pipe.Unlink(ctx, k)
 	}
-	t.layoutOK.Store(false)
+	if pipe.Len() > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+	}
 	if len(segs) == 0 {
 		return nil
 	}
 
 	// 3. A segment that exists again was written by a Mark racing this
 	// Reset, which may have listed it before step 2.
-	pipe = t.rdb.Pipeline()
+	pipe = rdb.Pipeline()
 	exists := make([]*redis.IntCmd, len(segs))
 	for i, s := range segs {
-		exists[i] = pipe.Exists(ctx, t.segPrefix+s)
+		exists[i] = pipe.Exists(ctx, segPrefix+s)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
@@ -647,7 +691,7 @@ func (t *Tracker) reset(ctx context.Context) error {
 		}
 	}
 	if len(back) > 0 {
-		return t.rdb.SAdd(ctx, t.indexKey, back...).Err()
+		return rdb.SAdd(ctx, indexKey, back...).Err()
 	}
 	return nil
 }
@@ -704,6 +748,15 @@ func (t *Tracker) agree(got string, err error) error {
 	}
 	t.layoutOK.Store(true)
 	return nil
+}
+
+// layoutPrefix is the prefix of the keys of a bitmap written with bits
+// (its segments and its index). Bitmaps of different SegmentBits never
+// share a key: a process configured with other SegmentBits than the
+// recorded ones (after Redis lost the record, say) reads no bit at the
+// wrong key, only an empty bitmap, which is slow but safe.
+func layoutPrefix(base string, bits uint) string {
+	return base + "b" + strconv.FormatUint(uint64(bits), 10) + ":"
 }
 
 // layout is t.bits as the layout marker records it.

@@ -549,7 +549,7 @@ func TestHighKeyAllocatesOnlyItsSegment(t *testing.T) {
 
 	const high = 3_000_000_000 // past 2^31: one plain bitmap would need a 358 MiB string
 	mustMark(t, b.tr, high)
-	seg := b.prefix + ":tracker:t:" + strconv.Itoa(high>>20)
+	seg := b.prefix + ":tracker:t:b20:" + strconv.Itoa(high>>20)
 	n, err := b.rdb.StrLen(ctx, seg).Result()
 	if err != nil {
 		t.Fatalf("STRLEN: %v", err)
@@ -557,7 +557,7 @@ func TestHighKeyAllocatesOnlyItsSegment(t *testing.T) {
 	if n == 0 || n > 1<<20/8 {
 		t.Errorf("STRLEN %s = %d, want 1..%d", seg, n, 1<<20/8)
 	}
-	want := []string{seg, b.prefix + ":tracker:t:segment_bits", b.prefix + ":tracker:t:segments"}
+	want := []string{seg, b.prefix + ":tracker:t:segment_bits", b.prefix + ":tracker:t:b20:segments", b.prefix + ":tracker:t:layouts"}
 	slices.Sort(want)
 	if got := b.redisKeys(t); !slices.Equal(got, want) {
 		t.Errorf("Redis keys = %v, want %v", got, want)

@@ -240,7 +240,7 @@ func writeStatus(c *cli, st *statusJSON) {
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(&b, "%-10s %s\n", name, fmt.Sprintf(format, args...))
 	}
-	rng := "no key (OLD's table is empty)"
+	rng := "no key (OLD's table is empty, or holds none in the range given)"
 	if st.Range != nil {
 		rng = fmt.Sprintf("keys %s..%s", human(st.Range.From), human(st.Range.To))
 	}

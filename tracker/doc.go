@@ -18,7 +18,6 @@
 //	<Prefix>:tracker:<table>:b<SegmentBits>:<s>       one segment, 2^SegmentBits bits
 //	<Prefix>:tracker:<table>:b<SegmentBits>:segments  set of the segment numbers in use
 //	<Prefix>:tracker:<table>:segment_bits             the SegmentBits the bitmap is written with
-//	<Prefix>:tracker:<table>:layouts                  every SegmentBits ever written with
 //
 // One big bitmap would be simpler, but Redis allocates a string up to the
 // highest bit ever set, inside its single thread: a first write near bit
@@ -48,9 +47,8 @@
 // records it (SET NX); reads only look, so that a reader with the wrong
 // SegmentBits, such as an operator's tool, cannot lock the writers out.
 // Until a write records a layout, reads answer that no key is settled
-// without reading bits, and look again on their next call. Every write
-// adds its SegmentBits to the layouts set, in the same round trip, so that
-// [Tracker.Reset] finds every bitmap.
+// without reading bits, and look again on their next call.
+// [Tracker.Reset] removes the bitmaps of every SegmentBits.
 //
 // # Cost
 //
@@ -59,7 +57,7 @@
 // first call of a Tracker (a read that finds no layout recorded costs that
 // one alone, and checks again on the next call). Count costs two round
 // trips, Reset five (plus four per bitmap of other SegmentBits, and one
-// when a write raced it). Marking a batch uses
+// when a write raced it; three when there are no segments). Marking a batch uses
 // BITFIELD, which returns each bit's previous value, so [Tracker.Mark]
 // learns how many keys were newly settled at no extra cost. Counting runs
 // BITCOUNT over every segment inside Redis (about 40 µs per 128 KiB

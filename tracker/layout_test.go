@@ -246,3 +246,32 @@ func TestBitmapsOfOtherSegmentBitsDoNotMix(t *testing.T) {
 		t.Errorf("after Reset: Redis keys %v, want none", ks)
 	}
 }
+
+// A bitmap written before segment keys carried their SegmentBits
+// (<table>:<s>, listed in <table>:segments) reads as empty, which is safe,
+// and Reset removes it, as a full Rebuild expects.
+func TestResetRemovesTheBitmapOfUnnamedSegmentBits(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 10)
+	ctx := testContext(t)
+	base := b.prefix + ":tracker:t:"
+	if err := b.rdb.SetBit(ctx, base+"0", 1, 1).Err(); err != nil { // key 1, in the old names
+		t.Fatal(err)
+	}
+	if err := b.rdb.SAdd(ctx, base+"segments", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.rdb.Set(ctx, base+"segment_bits", "10", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.tr.IsSettled(ctx, 1); err != nil || ok {
+		t.Errorf("IsSettled(1), set only in the old names = %v, %v; want false", ok, err)
+	}
+	mustMark(t, b.tr, 2)
+	if err := b.tr.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ks := b.redisKeys(t); len(ks) != 0 {
+		t.Errorf("after Reset: Redis keys %v, want none", ks)
+	}
+}

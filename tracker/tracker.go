@@ -92,10 +92,6 @@ type Tracker struct {
 	segPrefix string // "<base>b<SegmentBits>:"; a segment key is this plus its number
 	indexKey  string // set of segment numbers in use
 	layoutKey string // SegmentBits the bitmap was written with
-	// layoutsKey is the set of every SegmentBits written with, which
-	// writes add to even when the layoutKey record is gone: Reset finds
-	// every bitmap through it.
-	layoutsKey string
 
 	// layoutOK is set once layoutKey has been found to agree with bits, or
 	// claimed for them, so that later calls skip the round trip of the
@@ -128,14 +124,13 @@ func New(rdb redis.UniversalClient, table string, cfg *Config) (*Tracker, error)
 
 	base := c.Prefix + ":tracker:" + table + ":"
 	t := &Tracker{
-		rdb:        rdb,
-		table:      table,
-		bits:       c.SegmentBits,
-		base:       base,
-		segPrefix:  layoutPrefix(base, c.SegmentBits),
-		indexKey:   layoutPrefix(base, c.SegmentBits) + "segments",
-		layoutKey:  base + "segment_bits",
-		layoutsKey: base + "layouts",
+		rdb:       rdb,
+		table:     table,
+		bits:      c.SegmentBits,
+		base:      base,
+		segPrefix: layoutPrefix(base, c.SegmentBits),
+		indexKey:  layoutPrefix(base, c.SegmentBits) + "segments",
+		layoutKey: base + "segment_bits",
 	}
 	if err := t.registerMetrics(c.Registerer); err != nil {
 		return nil, err
@@ -188,7 +183,6 @@ func (t *Tracker) mark(ctx context.Context, ks []int64) (int, error) {
 	// step, it makes sure that bits written after Reset deleted their
 	// segment end up listed (see reset).
 	members := t.segmentMembers(sorted)
-	pipe.SAdd(ctx, t.layoutsKey, t.layout())
 	pipe.SAdd(ctx, t.indexKey, members...)
 
 	var cmds []*redis.IntSliceCmd
@@ -265,7 +259,6 @@ func (t *Tracker) markRange(ctx context.Context, lo, hi int64) error {
 	for seg := range t.spans(lo, hi) {
 		members = append(members, strconv.FormatInt(seg, 10))
 	}
-	pipe.SAdd(ctx, t.layoutsKey, t.layout())
 	pipe.SAdd(ctx, t.indexKey, members...) // before and after the bits, as in mark
 
 	for seg, sp := range t.spans(lo, hi) {
@@ -563,7 +556,9 @@ func (t *Tracker) countRange(ctx context.Context, lo, hi int64) (int64, error) {
 }
 
 // Reset deletes the table's whole bitmap: every segment, the index and the
-// layout marker. Every key reads as unsettled afterwards, which is safe
+// layout marker, and the bitmaps written with any other SegmentBits (or
+// by versions that did not put SegmentBits in the keys). Every key reads
+// as unsettled afterwards, which is safe
 // (lazymigrate falls back to OLD and re-copies idempotently) but slow; it is
 // meant for tests and for a full Rebuild, while nothing else writes the
 // table. A Reset that fails leaves listed every segment it did not delete
@@ -580,8 +575,7 @@ func (t *Tracker) countRange(ctx context.Context, lo, hi int64) (int64, error) {
 // reach their node only after this Reset has finished with that segment,
 // while its listing reached the index's node before, still leaves the
 // segment unlisted: its bits, uncounted, survive later Resets, and are read
-// again once a write records a layout, at the wrong keys if that layout
-// differs.
+// again by Trackers of the same SegmentBits.
 func (t *Tracker) Reset(ctx context.Context) error {
 	if err := t.reset(ctx); err != nil {
 		return fmt.Errorf("tracker: reset %s: %w", t.table, err)
@@ -599,32 +593,38 @@ func (t *Tracker) Reset(ctx context.Context) error {
 // either after step 2, listing the segment again, or before it, and then
 // so did the bits, which step 3 finds and lists.
 func (t *Tracker) reset(ctx context.Context) error {
-	// Bitmaps written with other SegmentBits live under keys of their own:
-	// Reset removes them too, as a full Rebuild to new SegmentBits
-	// expects.
-	layouts, err := t.rdb.SMembers(ctx, t.layoutsKey).Result()
-	if err != nil {
+	// Bitmaps written with other SegmentBits live under keys of their own,
+	// as did the bitmap of versions before the SegmentBits were in the
+	// keys: Reset removes them too, as a full Rebuild to new SegmentBits
+	// expects. SegmentBits has few possible values; one round trip asks
+	// every index whether it lists a segment.
+	type bitmap struct{ segPrefix, indexKey string }
+	var others []bitmap
+	for bits := uint(minSegmentBits); bits <= maxSegmentBits; bits++ {
+		if bits != t.bits {
+			p := layoutPrefix(t.base, bits)
+			others = append(others, bitmap{p, p + "segments"})
+		}
+	}
+	others = append(others, bitmap{t.base, t.base + "segments"}) // before SegmentBits were in the keys
+	pipe := t.rdb.Pipeline()
+	sizes := make([]*redis.IntCmd, len(others))
+	for i, b := range others {
+		sizes[i] = pipe.SCard(ctx, b.indexKey)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
-	var gone []any
-	for _, l := range layouts {
-		bits, err := strconv.ParseUint(l, 10, 8)
-		if err != nil || uint(bits) == t.bits {
-			continue
+	for i, b := range others {
+		if sizes[i].Val() > 0 {
+			if err := resetSegments(ctx, t.rdb, b.segPrefix, b.indexKey); err != nil {
+				return err
+			}
 		}
-		other := layoutPrefix(t.base, uint(bits))
-		if err := resetSegments(ctx, t.rdb, other, other+"segments"); err != nil {
-			return err
-		}
-		gone = append(gone, l)
 	}
 	// The layout is checked again on the next call, whatever happens here.
 	defer t.layoutOK.Store(false)
-	if err := resetSegments(ctx, t.rdb, t.segPrefix, t.indexKey, t.layoutKey); err != nil {
-		return err
-	}
-	// A write racing this Reset adds its SegmentBits again.
-	return t.rdb.SRem(ctx, t.layoutsKey, append(gone, t.layout())...).Err()
+	return resetSegments(ctx, t.rdb, t.segPrefix, t.indexKey, t.layoutKey)
 }
 
 // resetSegments deletes the segments listed in indexKey (their keys are

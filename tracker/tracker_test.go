@@ -557,7 +557,7 @@ func TestHighKeyAllocatesOnlyItsSegment(t *testing.T) {
 	if n == 0 || n > 1<<20/8 {
 		t.Errorf("STRLEN %s = %d, want 1..%d", seg, n, 1<<20/8)
 	}
-	want := []string{seg, b.prefix + ":tracker:t:segment_bits", b.prefix + ":tracker:t:b20:segments", b.prefix + ":tracker:t:layouts"}
+	want := []string{seg, b.prefix + ":tracker:t:segment_bits", b.prefix + ":tracker:t:b20:segments"}
 	slices.Sort(want)
 	if got := b.redisKeys(t); !slices.Equal(got, want) {
 		t.Errorf("Redis keys = %v, want %v", got, want)

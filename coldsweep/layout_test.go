@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -251,5 +252,112 @@ func TestSweepRunAgainMarksItsShardUnfinishedAtOnce(t *testing.T) {
 		if p.Shard == "0/3" {
 			t.Errorf("refused shard 0/3 left a progress record: %+v", p)
 		}
+	}
+}
+
+// Versions before layouts were in the progress fields named a record by
+// its shard alone ("0/2"). Such a record, finished, must not outlive the
+// shard's first record of a new run: it would read as the shard's, done,
+// next to the new one, and let a shard of another layout take over.
+func TestSweepReplacesTheShardsRecordOfUnnamedLayout(t *testing.T) {
+	t.Parallel()
+	b := setupSweep(t, 400)
+	ctx := context.Background()
+	for i := range int64(2) {
+		b.sweep(t, coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: i, N: 2}})
+	}
+	key := b.prefix + ":sweep:accounts"
+	m, err := b.rdb.HGetAll(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for field, v := range m { // as the earlier versions named them
+		shard := field[strings.LastIndex(field, " ")+1:] // "<layout> <shard>"
+		if err := b.rdb.HDel(ctx, key, field).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.rdb.HSet(ctx, key, shard, v).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := coldsweep.SetPaused(ctx, b.rdb, b.prefix, "accounts", true); err != nil {
+		t.Fatal(err)
+	}
+	again, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 2}, ProgressInterval: time.Hour}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx1, cancel1 := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := again.Run(ctx1); done <- err }()
+	defer func() { cancel1(); <-done }()
+	testenv.Eventually(t, 10*time.Second, "shard 0/2 runs again and holds for the pause", func() bool {
+		return testenv.GaugeValue(t, b.reg, "lazymigrate_sweep_throttled", "table", "accounts") == 1
+	})
+	ps, err := coldsweep.LoadProgress(ctx, b.rdb, b.prefix, "accounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var of02 []coldsweep.Progress
+	for _, p := range ps {
+		if p.Shard == "0/2" {
+			of02 = append(of02, p)
+		}
+	}
+	if len(of02) != 1 || of02[0].Finished {
+		t.Errorf("records of shard 0/2 = %+v, want one, of the run under way", of02)
+	}
+	other, err := coldsweep.New(b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 3}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second) // bounds a shard wrongly let through: held by the pause
+	defer cancel()
+	if _, err := other.Run(octx); !errors.Is(err, coldsweep.ErrLayoutChanged) {
+		t.Errorf("shard 0/3 started while shard 0/2 runs again: %v, want ErrLayoutChanged", err)
+	}
+}
+
+// failGet is a go-redis hook that fails every GET of key.
+type failGet struct{ key string }
+
+func (h failGet) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h failGet) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "get" && cmd.Args()[1] == h.key {
+			err := errors.New("injected failure")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h failGet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A run whose layout claim fails for any reason (here Redis, on reading the
+// layout) never started: the record it saved first must go, or it would
+// read as a shard that stalled, for as long as the sweep's records live.
+func TestSweepWhoseClaimFailsLeavesNoRecord(t *testing.T) {
+	t.Parallel()
+	b := setupSweep(t, 400)
+	ctx := context.Background()
+	rdb := redis.NewClient(b.rdb.Options())
+	defer rdb.Close()
+	rdb.AddHook(failGet{b.prefix + ":sweep:accounts:layout"})
+	c := b.config(coldsweep.Config{Chunk: 50, Shard: coldsweep.Shard{I: 0, N: 2}})
+	c.Redis = rdb
+	s, err := coldsweep.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Run(ctx); err == nil || !strings.Contains(err.Error(), "injected failure") {
+		t.Fatalf("Run with the layout unreadable: %v, want the injected failure", err)
+	}
+	if ps, err := coldsweep.LoadProgress(ctx, b.rdb, b.prefix, "accounts"); err != nil || len(ps) != 0 {
+		t.Errorf("records after a run that never started: %+v, %v; want none", ps, err)
 	}
 }

@@ -203,6 +203,9 @@ func saveProgress(ctx context.Context, rdb redis.UniversalClient, prefix string,
 	key := progressKey(prefix, p.Table)
 	pipe := rdb.TxPipeline()
 	pipe.HSet(ctx, key, p.field(), b)
+	// The shard's record as versions before layouts were in the fields
+	// named it: left, it would still read as this shard's, finished.
+	pipe.HDel(ctx, key, p.Shard)
 	pipe.Expire(ctx, key, progressTTL)
 	_, err = pipe.Exec(ctx)
 	return err

@@ -291,10 +291,9 @@ func (s *Sweeper) Run(ctx context.Context) (*Summary, error) {
 		return nil, fmt.Errorf("coldsweep: record the start of %s's sweep: %w", s.table, err)
 	}
 	if err := s.claimLayout(ctx); err != nil {
-		if errors.Is(err, ErrLayoutChanged) {
-			// Refused, this run leaves no record to mix with the sweep's.
-			_ = forgetProgress(context.WithoutCancel(ctx), s.cfg.Redis, s.cfg.Prefix, first)
-		}
+		// A run that never started leaves no record to mix with the
+		// sweep's.
+		_ = forgetProgress(context.WithoutCancel(ctx), s.cfg.Redis, s.cfg.Prefix, first)
 		return nil, err
 	}
 	if s.cfg.Rate > 0 {

@@ -53,8 +53,7 @@ func (c *Copier) oldRejected(ctx context.Context, err error) error {
 		return err
 	}
 	var closed bool
-	q := `SELECT EXISTS (SELECT 1 FROM ` + schema.Tables + ` WHERE table_name = $1 AND closed_at IS NOT NULL)`
-	if c.new.QueryRow(ctx, q, c.tableID).Scan(&closed) == nil && closed {
+	if c.new.QueryRow(ctx, `SELECT `+schema.ClosedSQL, c.tableID).Scan(&closed) == nil && closed {
 		return fmt.Errorf("%w: %s", ErrClosed, c.cfg.Table)
 	}
 	return err

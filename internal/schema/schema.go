@@ -69,13 +69,17 @@ var statements = []string{
 // purged and OLD may still hold deleted rows. Reads fall back to OLD only
 // for a key that is not gone.
 const GoneSQL = `SELECT EXISTS (SELECT 1 FROM lazymigrate.tombstones WHERE table_name = $1 AND key = $2)
-	OR EXISTS (SELECT 1 FROM lazymigrate.tables WHERE table_name = $1 AND closed_at IS NOT NULL)`
+	OR ` + ClosedSQL
 
 // GoneKeysSQL returns the keys among $2 (bigint[]) of the table $1 that are
 // gone for good, as GoneSQL.
 const GoneKeysSQL = `SELECT key FROM lazymigrate.tombstones WHERE table_name = $1 AND key = ANY($2::bigint[])
 	UNION ALL
-	SELECT k FROM unnest($2::bigint[]) AS k WHERE EXISTS (SELECT 1 FROM lazymigrate.tables WHERE table_name = $1 AND closed_at IS NOT NULL)`
+	SELECT k FROM unnest($2::bigint[]) AS k WHERE ` + ClosedSQL
+
+// ClosedSQL is an SQL condition, true once the migration of the table $1
+// is closed (see CloseSQL).
+const ClosedSQL = `EXISTS (SELECT 1 FROM lazymigrate.tables WHERE table_name = $1 AND closed_at IS NOT NULL)`
 
 // CloseSQL closes the migration of the table $1 (a pgtable.Table.ID) to
 // copies and deletes its tombstones, in one statement: no copy can see the

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
 	"github.com/lazymigrate/lazymigrate/lazy"
@@ -28,13 +30,34 @@ func pair(b *testing.B, raw, lm func(i int) error) {
 
 const benchRows = 200_000
 
+// remote returns the pools and Redis client a benchmark measures with:
+// p's own pools and a Redis client with a fresh prefix, or, when rtt is
+// not zero, pools and a client whose every round trip takes rtt more.
+func remote(b *testing.B, p *testenv.Pair, rtt time.Duration) (oldDB, newDB *pgxpool.Pool, rdb *redis.Client, prefix string) {
+	rdb, prefix = testenv.Redis(b)
+	if rtt == 0 {
+		return p.Old.Pool, p.New.Pool, rdb, prefix
+	}
+	return p.Old.RemotePool(b, rtt), p.New.RemotePool(b, rtt), testenv.RemoteRedis(b, rdb, rtt), prefix
+}
+
 // BenchmarkGet compares Repo.Get with hand-written pgx on the same pools:
 //
 //   - Hit: a key in NEW, against the same query run with pgx alone.
 //   - Miss: a key only in OLD, against "query NEW, then query OLD". The
 //     repo also checks the tombstone and the tracker and schedules the
 //     promotion (enqueued to Redis in the background; no worker runs).
-func BenchmarkGet(b *testing.B) {
+func BenchmarkGet(b *testing.B) { benchGet(b, 0) }
+
+// BenchmarkGetRemote is BenchmarkGet with every round trip to Postgres and
+// Redis, lazymigrate's and the baseline's, made testenv.BenchRTT (1ms)
+// longer, as with the servers on other hosts. Locally the extra checks of
+// a miss compete for the CPU; over a network they overlap the OLD query.
+func BenchmarkGetRemote(b *testing.B) { benchGet(b, testenv.BenchRTT(b)) }
+
+// benchGet runs BenchmarkGet's cases, with rtt added to every round trip
+// when it is not zero.
+func benchGet(b *testing.B, rtt time.Duration) {
 	ctx := context.Background()
 	p := testenv.NewPair(b)
 	testenv.SeedAccounts(b, p.Old, 1, benchRows+1)
@@ -44,7 +67,7 @@ func BenchmarkGet(b *testing.B) {
 	if err := promote.Setup(ctx, p.New.Pool); err != nil {
 		b.Fatal(err)
 	}
-	rdb, prefix := testenv.Redis(b)
+	oldDB, newDB, rdb, prefix := remote(b, p, rtt)
 	tr, err := tracker.New(rdb, "accounts", &tracker.Config{Prefix: prefix})
 	if err != nil {
 		b.Fatal(err)
@@ -61,7 +84,7 @@ func BenchmarkGet(b *testing.B) {
 		enq.Stop()
 		_ = asynq.NewInspectorFromRedisClient(rdb).DeleteQueue(queue, true)
 	})
-	repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq})
+	repo, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -81,7 +104,7 @@ func BenchmarkGet(b *testing.B) {
 			ks[i] = 1 + r.Int64N(benchRows/2)
 		}
 		pair(b,
-			func(i int) error { _, err := rawGet(p.New.Pool, ks[i]); return err },
+			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
 			func(i int) error { _, err := repo.Get(ctx, ks[i]); return err })
 	})
 
@@ -92,7 +115,7 @@ func BenchmarkGet(b *testing.B) {
 		err := row.Scan(&a.ID, &a.Email, &a.Name, &a.BalanceCents, &a.Status, &a.CreatedAt, &a.UpdatedAt)
 		return a, err
 	}
-	fieldsRepo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq, Scan: scanFields})
+	fieldsRepo, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq, Scan: scanFields})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -105,16 +128,16 @@ func BenchmarkGet(b *testing.B) {
 		pair(b,
 			func(i int) error {
 				var a Account
-				return p.New.Pool.QueryRow(ctx, q, ks[i]).Scan(&a.ID, &a.Email, &a.Name, &a.BalanceCents, &a.Status, &a.CreatedAt, &a.UpdatedAt)
+				return newDB.QueryRow(ctx, q, ks[i]).Scan(&a.ID, &a.Email, &a.Name, &a.BalanceCents, &a.Status, &a.CreatedAt, &a.UpdatedAt)
 			},
 			func(i int) error { _, err := fieldsRepo.Get(ctx, ks[i]); return err })
 	})
 
 	rawMiss := func(key int64) error {
-		if _, err := rawGet(p.New.Pool, key); !errors.Is(err, pgx.ErrNoRows) {
+		if _, err := rawGet(newDB, key); !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		_, err := rawGet(p.Old.Pool, key)
+		_, err := rawGet(oldDB, key)
 		return err
 	}
 	missKeys := func(b *testing.B, seed uint64) []int64 {
@@ -132,7 +155,7 @@ func BenchmarkGet(b *testing.B) {
 
 	// Without a tracker the miss checks only the tombstone: what the
 	// tracker's Redis call costs on this machine.
-	noTracker, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Scheduler: enq})
+	noTracker, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Scheduler: enq})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -160,7 +183,7 @@ func BenchmarkGet(b *testing.B) {
 		}
 		pair(b,
 			func(i int) error {
-				found, err := rawMany(p.New.Pool, batches[i])
+				found, err := rawMany(newDB, batches[i])
 				if err != nil {
 					return err
 				}
@@ -174,7 +197,7 @@ func BenchmarkGet(b *testing.B) {
 						misses = append(misses, k)
 					}
 				}
-				_, err = rawMany(p.Old.Pool, misses)
+				_, err = rawMany(oldDB, misses)
 				return err
 			},
 			func(i int) error { _, err := repo.GetMany(ctx, batches[i]); return err })
@@ -183,7 +206,13 @@ func BenchmarkGet(b *testing.B) {
 
 // BenchmarkWrite compares Put and Delete, mirrored to OLD, with the same
 // statements in raw pgx: the NEW write, then the OLD write.
-func BenchmarkWrite(b *testing.B) {
+func BenchmarkWrite(b *testing.B) { benchWrite(b, 0) }
+
+// BenchmarkWriteRemote is BenchmarkWrite with every round trip made
+// testenv.BenchRTT longer, as BenchmarkGetRemote.
+func BenchmarkWriteRemote(b *testing.B) { benchWrite(b, testenv.BenchRTT(b)) }
+
+func benchWrite(b *testing.B, rtt time.Duration) {
 	ctx := context.Background()
 	p := testenv.NewPair(b)
 	testenv.SeedAccounts(b, p.Old, 1, benchRows+1)
@@ -191,16 +220,16 @@ func BenchmarkWrite(b *testing.B) {
 	if err := promote.Setup(ctx, p.New.Pool); err != nil {
 		b.Fatal(err)
 	}
-	rdb, prefix := testenv.Redis(b)
+	oldDB, newDB, rdb, prefix := remote(b, p, rtt)
 	tr, err := tracker.New(rdb, "accounts", &tracker.Config{Prefix: prefix})
 	if err != nil {
 		b.Fatal(err)
 	}
-	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{Table: "accounts", Marker: tr})
+	cp, err := promote.NewCopier(ctx, oldDB, newDB, &promote.CopierConfig{Table: "accounts", Marker: tr})
 	if err != nil {
 		b.Fatal(err)
 	}
-	repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Copier: cp})
+	repo, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Copier: cp})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -209,16 +238,16 @@ func BenchmarkWrite(b *testing.B) {
 		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name,
 		balance_cents = EXCLUDED.balance_cents, status = EXCLUDED.status, created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at`
 	rawPut := func(a Account) error {
-		for _, db := range []*testenv.Database{p.New, p.Old} {
-			if _, err := db.Pool.Exec(ctx, upsert, a.ID, a.Email, a.Name, a.BalanceCents, a.Status, a.CreatedAt, a.UpdatedAt); err != nil {
+		for _, db := range []*pgxpool.Pool{newDB, oldDB} {
+			if _, err := db.Exec(ctx, upsert, a.ID, a.Email, a.Name, a.BalanceCents, a.Status, a.CreatedAt, a.UpdatedAt); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	rawDelete := func(k int64) error {
-		for _, db := range []*testenv.Database{p.New, p.Old} {
-			if _, err := db.Pool.Exec(ctx, `DELETE FROM accounts WHERE id = $1`, k); err != nil {
+		for _, db := range []*pgxpool.Pool{newDB, oldDB} {
+			if _, err := db.Exec(ctx, `DELETE FROM accounts WHERE id = $1`, k); err != nil {
 				return err
 			}
 		}

@@ -18,15 +18,36 @@
 // it on every read with [Switch.Mode], a single atomic load that does not
 // allocate.
 //
+// # Rolling out
+//
+// A mode can also be rolled out to a share of the keys first: a [Policy],
+// such as "readthrough 5%", serves 5% of the keys in readthrough and the
+// rest in the mode before it, old. "new 20%" serves a fifth of the keys
+// from NEW alone and the rest in readthrough. The keys in a rollout are
+// fixed by their value, the same in every process ([Policy.ModeOf]):
+// raising the percentage only adds keys, so a key that went to NEW never
+// goes back to OLD on the next step, and the keys rolled out to
+// readthrough first are the first to go to new. The read path asks
+// [Switch.ModeOf] for each key; writes do not depend on the mode.
+//
+// A migration can so start at "readthrough 1%", with mirroring on, and be
+// raised while the metrics stay healthy. A rollback is Set(ctx, ModeOld),
+// for every key at once.
+//
 // # Where the mode lives
 //
 // The mode is the Redis string <Prefix>:mode:<table> (lazymigrate:mode:accounts
-// by default), holding the mode's name. [Switch.Set] writes it and applies it
-// to its own process at once; every process running [Switch.Run] reads it
-// again every PollInterval (1s by default). An absent key means
-// Config.Default. The value may also be written with any Redis client:
+// by default), holding the mode's name, or a policy as "readthrough 5%".
+// [Switch.Set] and [Switch.SetPolicy] write it and apply it to their own
+// process at once; every process running [Switch.Run] reads it again every
+// PollInterval (1s by default). An absent key means Config.Default. The
+// value may also be written with any Redis client:
 //
 //	redis-cli SET lazymigrate:mode:accounts old
+//	redis-cli SET lazymigrate:mode:accounts 'readthrough 5%'
+//
+// Processes of a version before rollouts read a policy with a percentage
+// as an invalid value, and keep their last known mode.
 //
 // Every process serving a table, and every tool switching it, must use the
 // same Prefix and table name.
@@ -76,8 +97,10 @@
 //
 // # Metrics
 //
-// With Config.Registerer set, lazymigrate_read_mode{table,mode} is 1 for the
-// mode this process serves (overrides included) and 0 for the other two, and
+// With Config.Registerer set, lazymigrate_read_mode{table,mode} is the
+// share of keys this process serves in each mode (overrides included): 1
+// for the current mode and 0 for the other two, or, at "readthrough 5%",
+// 0.05 for readthrough and 0.95 for old.
 // lazymigrate_mode_poll_errors_total{table} counts failed reads of the key.
 // Switches of one table sharing a registry share these series.
 package fallback

@@ -90,3 +90,30 @@ func ExampleParseMode() {
 	// old <nil>
 	// fallback: invalid mode "rollback"; valid modes are old, readthrough and new
 }
+
+// A rollout: readthrough for 5% of the keys, old for the rest. Each key's
+// place is fixed, so raising the percentage only adds keys.
+func ExamplePolicy_ModeOf() {
+	p, err := fallback.ParsePolicy("readthrough 5%")
+	if err != nil {
+		log.Fatal(err)
+	}
+	counts := map[fallback.Mode]int{}
+	for key := range int64(10_000) {
+		counts[p.ModeOf(key)]++
+	}
+	fmt.Println(p, "- keys 0-9999 in readthrough:", counts[fallback.ModeReadthrough], "in old:", counts[fallback.ModeOld])
+
+	wider := fallback.Policy{Mode: fallback.ModeReadthrough, Percent: 20}
+	stayed := true
+	for key := range int64(10_000) {
+		if p.ModeOf(key) == fallback.ModeReadthrough && wider.ModeOf(key) != fallback.ModeReadthrough {
+			stayed = false
+		}
+	}
+	fmt.Println("every key at 5% is still in at 20%:", stayed)
+
+	// Output:
+	// readthrough 5% - keys 0-9999 in readthrough: 504 in old: 9496
+	// every key at 5% is still in at 20%: true
+}

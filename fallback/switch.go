@@ -50,33 +50,35 @@ type Config struct {
 	// discarding.
 	Logger *slog.Logger
 
-	// Registerer receives lazymigrate_read_mode{table,mode} (1 for the mode
-	// this process serves, 0 for the others) and
+	// Registerer receives lazymigrate_read_mode{table,mode} (the share of
+	// keys this process serves in each mode: 1 for the current mode, 0 for
+	// the others, fractions during a rollout) and
 	// lazymigrate_mode_poll_errors_total{table}. Defaults to nil: no
 	// metrics are registered.
 	Registerer prometheus.Registerer
 }
 
-// Switch holds the mode of one table for this process: the mode last read
-// from Redis or set through it, unless an override pins another. It is safe
-// for concurrent use, and Mode, called on every read, is a single atomic
-// load.
+// Switch holds the policy of one table for this process: the mode, and the
+// share of keys it is rolled out to, last read from Redis or set through
+// it, unless an override pins another. It is safe for concurrent use, and
+// ModeOf, called on every read, is one atomic load (and, during a partial
+// rollout, a hash of the key).
 type Switch struct {
 	rdb         redis.UniversalClient // nil for a local switch
 	table       string
 	key         string
 	interval    time.Duration
 	pollTimeout time.Duration
-	def         int // index of Default in modes
+	def         state // Default, for every key
 	log         *slog.Logger
 
-	// cur is the index in modes of the mode reads use: override if set,
-	// else known. It is written under mu and read without it.
+	// cur is the policy reads use: override if set, else known. It is
+	// written under mu and read without it.
 	cur atomic.Uint32
 
 	mu       sync.Mutex
-	known    int    // index of the mode last read from Redis or Set; Default's until then
-	override int    // index of the pinned mode, or -1
+	known    state  // the policy last read from Redis or Set; Default until then
+	override state  // the pinned policy, or noOverride
 	sets     uint64 // Sets applied so far; a Refresh that read Redis before one must not undo it
 
 	gauges     [len(modes)]prometheus.Gauge // lazymigrate_read_mode, one per mode
@@ -101,10 +103,10 @@ func New(rdb redis.UniversalClient, table string, cfg *Config) (*Switch, error) 
 		return nil, fmt.Errorf("fallback: Config.PollInterval must not be negative, got %s", c.PollInterval)
 	}
 	c.Default = cmp.Or(c.Default, ModeReadthrough)
-	def := modeIndex(string(c.Default))
-	if def < 0 {
+	if modeIndex(string(c.Default)) < 0 {
 		return nil, fmt.Errorf("fallback: Config.Default: %w %s; %s", ErrInvalidMode, quote(string(c.Default)), validModes)
 	}
+	def := fullState(modeIndex(string(c.Default)))
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -118,7 +120,7 @@ func New(rdb redis.UniversalClient, table string, cfg *Config) (*Switch, error) 
 		def:         def,
 		log:         c.Logger,
 		known:       def,
-		override:    -1,
+		override:    noOverride,
 	}
 	s.cur.Store(uint32(def))
 
@@ -126,7 +128,7 @@ func New(rdb redis.UniversalClient, table string, cfg *Config) (*Switch, error) 
 	gauges := metrics.Register(c.Registerer, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metrics.Namespace,
 		Name:      "read_mode",
-		Help:      "The mode this process serves reads of the table in: 1 for the current mode (old, readthrough or new), 0 for the others.",
+		Help:      "The share of the table's keys this process serves in each mode (old, readthrough, new): 1 for the current mode and 0 for the others, or fractions while a mode is rolled out to some keys.",
 	}, []string{"table", "mode"})).MustCurryWith(labels)
 	for i, m := range modes {
 		s.gauges[i] = gauges.WithLabelValues(string(m))
@@ -141,42 +143,70 @@ func New(rdb redis.UniversalClient, table string, cfg *Config) (*Switch, error) 
 // Table returns the table name the switch was created with.
 func (s *Switch) Table() string { return s.table }
 
-// Mode returns the mode reads of the table use now. It does not allocate
-// and takes no lock.
-func (s *Switch) Mode() Mode { return modes[s.cur.Load()] }
+// Mode returns the mode of the table's policy now: the mode being rolled
+// out, which serves every key once the policy is at 100%. Reads ask ModeOf,
+// which knows which keys a partial rollout has reached.
+func (s *Switch) Mode() Mode { return state(s.cur.Load()).mode() }
 
-// Set makes m the table's mode for every process: it writes the Redis key,
-// which other processes read within their PollInterval, and applies m here
-// at once (an Override still pins this process's mode). When the write
-// fails the local mode is left as it was, so that this process does not
-// part from the others: use Override to pin it anyway. m must be valid (see
-// ParseMode); nothing is written otherwise. A switch without Redis returns
-// ErrNoRedis.
+// Policy returns the table's policy now.
+func (s *Switch) Policy() Policy { return state(s.cur.Load()).policy() }
+
+// ModeOf returns the mode that serves key now. It does not allocate and
+// takes no lock.
+func (s *Switch) ModeOf(key int64) Mode {
+	st := state(s.cur.Load())
+	if inRollout(key, st.basisPoints()) {
+		return modes[st.index()]
+	}
+	return modes[st.index()-1] // a partial rollout has a mode before it
+}
+
+// Set makes m the table's mode for every key and every process, as
+// SetPolicy(ctx, Full(m)).
 func (s *Switch) Set(ctx context.Context, m Mode) error {
-	i := modeIndex(string(m))
-	if i < 0 {
+	if modeIndex(string(m)) < 0 {
 		_, err := ParseMode(string(m))
 		return err
+	}
+	return s.SetPolicy(ctx, Full(m))
+}
+
+// SetPolicy makes p the table's policy for every process: it writes the
+// Redis key, which other processes read within their PollInterval, and
+// applies p here at once (an Override still pins this process's mode).
+// When the write fails the local policy is left as it was, so that this
+// process does not part from the others: use Override to pin a mode
+// anyway. p must be valid (see ParsePolicy); nothing is written otherwise.
+// A switch without Redis returns ErrNoRedis.
+//
+// To roll readthrough out step by step from old, set it at a few percent,
+// watch the metrics, and raise it; a rollback is Set(ctx, ModeOld), for
+// every key at once.
+func (s *Switch) SetPolicy(ctx context.Context, p Policy) error {
+	st, err := stateOf(p)
+	if err != nil {
+		return fmt.Errorf("fallback: set policy of %s: %w", s.table, err)
 	}
 	if s.rdb == nil {
 		return fmt.Errorf("%w: cannot set the mode of %s (use Override for a local switch)", ErrNoRedis, s.table)
 	}
-	if err := s.rdb.Set(ctx, s.key, string(modes[i]), 0).Err(); err != nil {
-		return fmt.Errorf("fallback: set mode of %s to %s: %w", s.table, modes[i], err)
+	p = st.policy()
+	if err := s.rdb.Set(ctx, s.key, p.String(), 0).Err(); err != nil {
+		return fmt.Errorf("fallback: set mode of %s to %s: %w", s.table, p, err)
 	}
 	s.mu.Lock()
 	s.sets++
-	s.known = i
+	s.known = st
 	from, to := s.publishLocked()
 	s.mu.Unlock()
 	s.logChange(ctx, from, to, "set")
 	return nil
 }
 
-// Refresh reads the table's mode from Redis once and applies it (an
+// Refresh reads the table's policy from Redis once and applies it (an
 // Override still pins this process's mode). An absent key means Default.
-// When Redis cannot be read, or the key holds something that is not a mode
-// (ErrInvalidMode), the last known mode stays in force and the error is
+// When Redis cannot be read, or the key holds something that is not a
+// policy (ErrInvalidMode), the last known policy stays in force and the error is
 // returned and counted in lazymigrate_mode_poll_errors_total, unless it
 // came from ctx ending. On a switch without Redis it does nothing.
 func (s *Switch) Refresh(ctx context.Context) error {
@@ -195,17 +225,18 @@ func (s *Switch) refresh(ctx context.Context) error {
 	sets := s.sets
 	s.mu.Unlock()
 
-	i := -1
+	st := s.def
 	v, err := s.rdb.Get(ctx, s.key).Result()
 	switch {
-	case errors.Is(err, redis.Nil): // no key: Default, taken below
+	case errors.Is(err, redis.Nil): // no key: Default
 	case err != nil:
 		return fmt.Errorf("fallback: read mode of %s from Redis key %s: %w", s.table, s.key, err)
 	default:
-		if i = modeIndex(v); i < 0 {
-			return fmt.Errorf("%w %s in Redis key %s (%s); the last known mode stays in force",
-				ErrInvalidMode, quote(v), s.key, validModes)
+		p, err := ParsePolicy(v)
+		if err != nil {
+			return fmt.Errorf("%w in Redis key %s; the last known mode stays in force", err, s.key)
 		}
+		st, _ = stateOf(p)
 	}
 
 	s.mu.Lock()
@@ -215,27 +246,24 @@ func (s *Switch) refresh(ctx context.Context) error {
 		s.mu.Unlock()
 		return nil
 	}
-	if i < 0 {
-		i = s.def
-	}
-	s.known = i
+	s.known = st
 	from, to := s.publishLocked()
 	s.mu.Unlock()
 	s.logChange(ctx, from, to, "redis")
 	return nil
 }
 
-// Override pins this process's mode to m, whatever Redis says, until
-// ClearOverride: for tests, and for emergencies when Redis cannot be
-// reached. Refresh and Set go on recording the mode from Redis meanwhile.
-// m must be valid (see ParseMode): Override panics otherwise.
+// Override pins this process's mode to m for every key, whatever Redis
+// says, until ClearOverride: for tests, and for emergencies when Redis
+// cannot be reached. Refresh and Set go on recording the policy from Redis
+// meanwhile. m must be valid (see ParseMode): Override panics otherwise.
 func (s *Switch) Override(m Mode) {
 	i := modeIndex(string(m))
 	if i < 0 {
 		panic(fmt.Sprintf("fallback: Override(%s): %s", quote(string(m)), validModes))
 	}
 	s.mu.Lock()
-	s.override = i
+	s.override = fullState(i)
 	from, to := s.publishLocked()
 	s.mu.Unlock()
 	s.logChange(context.Background(), from, to, "override")
@@ -245,7 +273,7 @@ func (s *Switch) Override(m Mode) {
 // Redis (Default if none was read yet).
 func (s *Switch) ClearOverride() {
 	s.mu.Lock()
-	s.override = -1
+	s.override = noOverride
 	from, to := s.publishLocked()
 	s.mu.Unlock()
 	s.logChange(context.Background(), from, to, "clear_override")
@@ -288,10 +316,10 @@ func (s *Switch) Run(ctx context.Context) error {
 				level = slog.LevelWarn
 			}
 			s.log.Log(ctx, level, "lazymigrate: cannot read the read mode; keeping the last known mode",
-				"table", s.table, "mode", s.Mode(), "failed_polls", failed, "error", err)
+				"table", s.table, "mode", s.Policy(), "failed_polls", failed, "error", err)
 		case failed > 0:
 			s.log.InfoContext(ctx, "lazymigrate: read mode readable again",
-				"table", s.table, "mode", s.Mode(), "failed_polls", failed)
+				"table", s.table, "mode", s.Policy(), "failed_polls", failed)
 			failed = 0
 		}
 		select {
@@ -302,34 +330,65 @@ func (s *Switch) Run(ctx context.Context) error {
 	}
 }
 
-// publishLocked makes the effective mode (override, else known) the one
-// Mode returns and the gauges show, and returns the previous and the new
+// publishLocked makes the effective policy (override, else known) the one
+// ModeOf follows and the gauges show, and returns the previous and the new
 // one. s.mu must be held, so that changes reach cur and the gauges in the
 // order they were made.
-func (s *Switch) publishLocked() (from, to Mode) {
-	i := s.known
-	if s.override >= 0 {
-		i = s.override
+func (s *Switch) publishLocked() (from, to Policy) {
+	st := s.known
+	if s.override != noOverride {
+		st = s.override
 	}
-	prev := s.cur.Load()
-	if prev != uint32(i) {
-		s.cur.Store(uint32(i))
-		s.setGauges(i)
+	prev := state(s.cur.Load())
+	if prev != st {
+		s.cur.Store(uint32(st))
+		s.setGauges(st)
 	}
-	return modes[prev], modes[i]
+	return prev.policy(), st.policy()
 }
 
-func (s *Switch) setGauges(cur int) {
+// setGauges shows the share of keys each mode serves under st.
+func (s *Switch) setGauges(st state) {
+	share := float64(st.basisPoints()) / rolloutBuckets
 	for i, g := range s.gauges {
-		if i == cur {
-			g.Set(1)
-		} else {
+		switch i {
+		case st.index():
+			g.Set(share)
+		case st.index() - 1:
+			g.Set(1 - share)
+		default:
 			g.Set(0)
 		}
 	}
 }
 
-func (s *Switch) logChange(ctx context.Context, from, to Mode, reason string) {
+// state is a Policy packed into one atomic word: the mode's index in modes
+// in the low two bits, the percentage in hundredths above them.
+type state uint32
+
+// noOverride is no valid state: every valid one has a mode index below 3.
+const noOverride state = 3
+
+func fullState(i int) state { return state(i) | rolloutBuckets<<2 }
+
+// stateOf checks p and packs it.
+func stateOf(p Policy) (state, error) {
+	bp, err := p.basisPoints()
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrInvalidMode, err)
+	}
+	return state(modeIndex(string(p.Mode))) | state(bp)<<2, nil
+}
+
+func (st state) index() int          { return int(st & 3) }
+func (st state) basisPoints() uint32 { return uint32(st >> 2) }
+func (st state) mode() Mode          { return modes[st.index()] }
+
+func (st state) policy() Policy {
+	return Policy{Mode: st.mode(), Percent: float64(st.basisPoints()) / 100}
+}
+
+func (s *Switch) logChange(ctx context.Context, from, to Policy, reason string) {
 	if from != to {
 		s.log.InfoContext(ctx, "lazymigrate: read mode changed",
 			"table", s.table, "from", from, "to", to, "reason", reason)

@@ -714,7 +714,7 @@ func TestMetrics(t *testing.T) {
 # HELP lazymigrate_mode_poll_errors_total Reads of the table's mode from Redis that failed or found an invalid value; the last known mode stayed in force.
 # TYPE lazymigrate_mode_poll_errors_total counter
 lazymigrate_mode_poll_errors_total{table="accounts"} ` + strconv.Itoa(polls) + `
-# HELP lazymigrate_read_mode The mode this process serves reads of the table in: 1 for the current mode (old, readthrough or new), 0 for the others.
+# HELP lazymigrate_read_mode The share of the table's keys this process serves in each mode (old, readthrough, new): 1 for the current mode and 0 for the others, or fractions while a mode is rolled out to some keys.
 # TYPE lazymigrate_read_mode gauge
 lazymigrate_read_mode{mode="new",table="accounts"} ` + strconv.Itoa(accounts[2]) + `
 lazymigrate_read_mode{mode="old",table="accounts"} ` + strconv.Itoa(accounts[0]) + `

@@ -66,6 +66,8 @@
 // Config.Mode (a fallback.Switch) moves all reads of the table at once:
 // old runs the handler against OLD alone (a rollback), new against NEW
 // alone, with no fallback. Either way the answer streams straight through.
+// During a rollout ("readthrough 5%", see fallback.Policy) each request
+// takes the mode of its key.
 //
 // Requests with other methods pass straight through, against NEW, the
 // system of record: their handlers find NEW with DB. Writes should go

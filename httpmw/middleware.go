@@ -43,10 +43,10 @@ type Scheduler interface {
 
 var _ Scheduler = (*promote.Enqueuer)(nil)
 
-// ModeSource says which database serves reads now. *fallback.Switch
-// implements it.
+// ModeSource says which database serves reads of each key now.
+// *fallback.Switch implements it.
 type ModeSource interface {
-	Mode() fallback.Mode
+	ModeOf(key int64) fallback.Mode
 }
 
 var _ ModeSource = (*fallback.Switch)(nil)
@@ -79,8 +79,9 @@ type Config struct {
 	// by reads.
 	Scheduler Scheduler
 	// Mode switches reads between OLD only (rollback), NEW with fallback to
-	// OLD (readthrough) and NEW only. Usually the table's *fallback.Switch.
-	// Defaults to readthrough, always.
+	// OLD (readthrough) and NEW only, for every key or, during a rollout,
+	// for a share of them. Usually the table's *fallback.Switch. Defaults
+	// to readthrough, always.
 	Mode ModeSource
 	// MaxBuffer is the most bytes of a 404 response from NEW held back
 	// while the middleware decides whether OLD answers instead. A larger
@@ -259,7 +260,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 
 	mode := fallback.ModeReadthrough
 	if m.cfg.Mode != nil {
-		mode = m.cfg.Mode.Mode()
+		mode = m.cfg.Mode.ModeOf(key)
 	}
 	switch mode {
 	case fallback.ModeOld:

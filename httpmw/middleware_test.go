@@ -702,6 +702,33 @@ func TestModes(t *testing.T) {
 	}
 }
 
+// During a rollout each request takes the mode of its key: at "new 50%",
+// the keys rolled out to new read NEW alone, the others read through.
+func TestRolloutTakesEachKeysMode(t *testing.T) {
+	t.Parallel()
+	policy := fallback.Policy{Mode: fallback.ModeNew, Percent: 50}
+	b := setup(t, setupOpts{config: func(c *httpmw.Config) { c.Mode = policy }})
+	seen := map[fallback.Mode]int{}
+	for k := 1; k <= 20; k++ {
+		r := b.get(t, "/accounts/"+strconv.Itoa(k)) // in OLD only
+		switch m := policy.ModeOf(int64(k)); m {
+		case fallback.ModeNew:
+			if r.status != http.StatusNotFound || r.source(t) != "new" {
+				t.Fatalf("key %d, rolled out to new: %d from %q, want 404 from new", k, r.status, r.source(t))
+			}
+			seen[m]++
+		default:
+			if r.status != http.StatusOK || r.source(t) != "old" {
+				t.Fatalf("key %d, in readthrough: %d from %q, want 200 from old", k, r.status, r.source(t))
+			}
+			seen[m]++
+		}
+	}
+	if seen[fallback.ModeNew] == 0 || seen[fallback.ModeReadthrough] == 0 {
+		t.Fatalf("keys 1-20 by mode: %v; the test needs both", seen)
+	}
+}
+
 // Other methods pass straight through, against NEW, with the client's own
 // writer.
 func TestNonGetPassesThroughAgainstNew(t *testing.T) {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -52,11 +55,65 @@ func (r *Repo[T]) getMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 		return nil, fmt.Errorf("lazy: get %s: %w", r.cfg.Table, err)
 	}
 	ks = keys.SortedUnique(ks)
-	out := make(map[int64]T, len(ks))
 	if len(ks) == 0 {
-		return out, nil
+		return map[int64]T{}, nil
 	}
-	mode := r.mode()
+	groups := r.byMode(ks)
+	if len(groups) == 1 {
+		return r.getManyIn(ctx, groups[0].mode, groups[0].keys)
+	}
+	// A mode rolled out to some keys: each mode's keys are read as a
+	// GetMany of their own, at the same time.
+	res := make([]result[map[int64]T], len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Go(func() {
+			res[i].v, res[i].err = r.getManyIn(ctx, g.mode, g.keys)
+		})
+	}
+	wg.Wait()
+	out := make(map[int64]T, len(ks))
+	var errs []error
+	for _, g := range res {
+		maps.Copy(out, g.v)
+		if g.err != nil {
+			errs = append(errs, g.err)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// modeKeys are the keys of a GetMany that one mode serves.
+type modeKeys struct {
+	mode fallback.Mode
+	keys []int64
+}
+
+// byMode splits ks by the mode that serves each, keeping their order: one
+// group unless a mode is rolled out to some of them.
+func (r *Repo[T]) byMode(ks []int64) []modeKeys {
+	if r.cfg.Mode == nil {
+		return []modeKeys{{fallback.ModeReadthrough, ks}}
+	}
+	if p := r.cfg.Mode.Policy(); p.Percent == 100 {
+		return []modeKeys{{p.Mode, ks}}
+	}
+	var groups []modeKeys
+	for _, k := range ks {
+		m := r.cfg.Mode.ModeOf(k)
+		i := slices.IndexFunc(groups, func(g modeKeys) bool { return g.mode == m })
+		if i < 0 {
+			i = len(groups)
+			groups = append(groups, modeKeys{mode: m})
+		}
+		groups[i].keys = append(groups[i].keys, k)
+	}
+	return groups
+}
+
+// getManyIn reads ks, sorted and unique, in mode.
+func (r *Repo[T]) getManyIn(ctx context.Context, mode fallback.Mode, ks []int64) (map[int64]T, error) {
+	out := make(map[int64]T, len(ks))
 	switch {
 	case mode == fallback.ModeOld:
 		return r.getManyOld(ctx, ks, out, "old")

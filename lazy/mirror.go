@@ -617,13 +617,13 @@ func (r *Repo[T]) observeWrite(op string, start time.Time, err error) {
 
 // ErrPurgeTooEarly is returned by PurgeTombstones while reads may still
 // fall back to OLD.
-var ErrPurgeTooEarly = errors.New("lazy: tombstones are purged only once reads no longer fall back to OLD (Config.Mode is new)")
+var ErrPurgeTooEarly = errors.New("lazy: tombstones are purged only once reads no longer fall back to OLD (Config.Mode is new, for every key)")
 
 // PurgeTombstones closes the table's migration and deletes its tombstones,
 // and returns how many there were. Tombstones keep deleted keys from coming
 // back from OLD; run it only after the migration is complete: the sweep has
-// finished and verified, and reads are switched to mode new (it refuses
-// otherwise). Old tombstones cost only storage until then.
+// finished and verified, and reads are switched to mode new for every key
+// (it refuses otherwise). Old tombstones cost only storage until then.
 //
 // Closing is what makes the purge safe against copies still under way or
 // yet to come (promotion tasks queued or retried, Update and Migrate of a
@@ -634,7 +634,7 @@ var ErrPurgeTooEarly = errors.New("lazy: tombstones are purged only once reads n
 // return ErrNotFound, and a sweep stops. Closing cannot be undone: with the
 // tombstones gone, copying again could resurrect deleted rows.
 func (r *Repo[T]) PurgeTombstones(ctx context.Context) (int64, error) {
-	if r.mode() != fallback.ModeNew { // without Config.Mode, always readthrough
+	if r.policy() != fallback.Full(fallback.ModeNew) { // without Config.Mode, always readthrough
 		return 0, ErrPurgeTooEarly
 	}
 	tag, err := r.new.Exec(ctx, schema.CloseSQL, r.tableID, int(schema.DefaultStripeBits))

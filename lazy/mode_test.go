@@ -145,3 +145,94 @@ func TestPurgeTombstonesOnlyInModeNew(t *testing.T) {
 		t.Fatalf("purge in mode new = %d, %v; want 2", n, err)
 	}
 }
+
+// A mode rolled out to half the keys: each key is read in its own mode, by
+// Get and by GetMany, and only the keys in readthrough are promoted.
+func TestRolloutServesEachKeyInItsMode(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	_, prefix := testenv.Redis(t)
+	sw, err := fallback.New(b.rdb, "accounts", &fallback.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := fallback.Policy{Mode: fallback.ModeReadthrough, Percent: 50}
+	if err := sw.SetPolicy(ctx, half); err != nil {
+		t.Fatal(err)
+	}
+	repo := writeRepo(t, b, lazy.Config[Account]{Scheduler: b.enqueuer, Mode: sw})
+	rolledOut := func(lo, hi int64) (in, out []int64) {
+		for k := lo; k < hi; k++ {
+			if half.ModeOf(k) == fallback.ModeReadthrough {
+				in = append(in, k)
+			} else {
+				out = append(out, k)
+			}
+		}
+		if len(in) == 0 || len(out) == 0 {
+			t.Fatalf("keys [%d, %d): %d rolled out, %d not; the test needs both", lo, hi, len(in), len(out))
+		}
+		return in, out
+	}
+
+	in, out := rolledOut(1, 51)
+	for _, k := range out {
+		if a, err := repo.Get(ctx, k); err != nil || a.ID != k {
+			t.Fatalf("Get(%d), in mode old = %+v, %v", k, a, err)
+		}
+	}
+	if n := b.newQueries.Load(); n != 0 {
+		t.Fatalf("reads of keys kept in mode old sent %d queries to NEW", n)
+	}
+	for _, k := range in {
+		if a, err := repo.Get(ctx, k); err != nil || a.ID != k {
+			t.Fatalf("Get(%d), in readthrough = %+v, %v", k, a, err)
+		}
+	}
+	if n := b.newQueries.Load(); n < int64(len(in)) {
+		t.Fatalf("%d reads in readthrough sent %d queries to NEW", len(in), n)
+	}
+
+	manyIn, _ := rolledOut(51, 101)
+	all := make([]int64, 0, 50)
+	for k := int64(51); k <= 100; k++ {
+		all = append(all, k)
+	}
+	got, err := repo.GetMany(ctx, all)
+	if err != nil || len(got) != 50 {
+		t.Fatalf("GetMany(51..100) = %d records, %v; want 50", len(got), err)
+	}
+	for _, k := range all {
+		if got[k].ID != k {
+			t.Fatalf("GetMany: key %d holds %+v", k, got[k])
+		}
+	}
+	if err := b.enqueuer.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := b.metric(t, "lazymigrate_promotions_total", "enqueued"), float64(len(in)+len(manyIn)); got != want {
+		t.Fatalf("%v promotions enqueued, want %v: one per key in readthrough", got, want)
+	}
+
+	// A rollout of new to half the keys: those NEW lacks read as not
+	// found, the others still fall back.
+	halfNew := fallback.Policy{Mode: fallback.ModeNew, Percent: 50}
+	if err := sw.SetPolicy(ctx, halfNew); err != nil {
+		t.Fatal(err)
+	}
+	got, err = repo.GetMany(ctx, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range all {
+		_, found := got[k]
+		_, getErr := repo.Get(ctx, k)
+		if want := halfNew.ModeOf(k) == fallback.ModeReadthrough; found != want || (getErr == nil) != want {
+			t.Fatalf("new 50%%, key %d (only in OLD): GetMany found it = %v, Get = %v; want found = %v", k, found, getErr, want)
+		}
+	}
+	if _, err := repo.PurgeTombstones(ctx); !errors.Is(err, lazy.ErrPurgeTooEarly) {
+		t.Fatalf("PurgeTombstones at new 50%% = %v, want ErrPurgeTooEarly", err)
+	}
+}

@@ -58,10 +58,14 @@ type Tracker interface {
 	Mark(ctx context.Context, keys []int64) (int, error)
 }
 
-// ModeSource says which database serves reads now. *fallback.Switch
-// implements it.
+// ModeSource says which database serves reads of each key now.
+// *fallback.Switch implements it.
 type ModeSource interface {
-	Mode() fallback.Mode
+	// ModeOf returns the mode that serves key.
+	ModeOf(key int64) fallback.Mode
+	// Policy returns the mode being rolled out, and to what share of the
+	// keys.
+	Policy() fallback.Policy
 }
 
 var _ ModeSource = (*fallback.Switch)(nil)
@@ -106,9 +110,10 @@ type Config[T any] struct {
 	// 50ms.
 	TrackerTimeout time.Duration
 	// Mode switches reads between OLD only (rollback), NEW with fallback to
-	// OLD (readthrough) and NEW only; writes are not affected, and keep
-	// OLD current while mirroring is on. Usually a *fallback.Switch shared
-	// by every process. Defaults to readthrough, always.
+	// OLD (readthrough) and NEW only, for every key or for a share of
+	// them during a rollout; writes are not affected, and keep OLD current
+	// while mirroring is on. Usually a *fallback.Switch shared by every
+	// process. Defaults to readthrough, always.
 	Mode ModeSource
 	// Copier is the table's promote.Copier. Writes need it: Update and
 	// Migrate promote through it, and Delete takes its lock stripes.
@@ -329,7 +334,7 @@ func (r *Repo[T]) get(ctx context.Context, key int64) (T, string, error) {
 	if err := keys.Check(key); err != nil {
 		return zero, "error", fmt.Errorf("lazy: get %s: %w", r.cfg.Table, err)
 	}
-	mode := r.mode()
+	mode := r.modeOf(key)
 	if mode == fallback.ModeOld {
 		return r.getOld(ctx, key)
 	}
@@ -354,11 +359,18 @@ func (r *Repo[T]) get(ctx context.Context, key int64) (T, string, error) {
 	return r.fallback(ctx, key)
 }
 
-func (r *Repo[T]) mode() fallback.Mode {
+func (r *Repo[T]) modeOf(key int64) fallback.Mode {
 	if r.cfg.Mode == nil {
 		return fallback.ModeReadthrough
 	}
-	return r.cfg.Mode.Mode()
+	return r.cfg.Mode.ModeOf(key)
+}
+
+func (r *Repo[T]) policy() fallback.Policy {
+	if r.cfg.Mode == nil {
+		return fallback.Full(fallback.ModeReadthrough)
+	}
+	return r.cfg.Mode.Policy()
 }
 
 // getOld serves a rolled-back read: OLD alone, which mirroring has kept

@@ -30,7 +30,8 @@ type Status struct {
 // TableStatus is the migration of one table.
 type TableStatus struct {
 	Table string `json:"table"`
-	// Mode is where reads go: readthrough, old (rolled back) or new.
+	// Mode is where reads go: readthrough, old (rolled back) or new, or a
+	// mode rolled out to a share of the keys ("readthrough 5%").
 	Mode string `json:"mode"`
 	// KeyRange is OLD's smallest and largest key; nil while OLD is empty.
 	KeyRange *KeyRange `json:"key_range"`
@@ -163,7 +164,7 @@ func (b *statusBoard) current(ctx context.Context) *Status {
 }
 
 func (b *statusBoard) table(ctx context.Context) TableStatus {
-	ts := TableStatus{Table: table, Mode: string(b.mode.Mode())}
+	ts := TableStatus{Table: table, Mode: b.mode.Policy().String()}
 	fail := func(what string, err error) {
 		ts.Errors = append(ts.Errors, what+": "+err.Error())
 		b.cfg.Logger.WarnContext(ctx, "status: "+what, "error", err)

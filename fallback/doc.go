@@ -1,6 +1,7 @@
 // Package fallback decides which database serves reads of a table during a
 // migration, and lets an operator switch it at runtime for every process at
-// once, rollback included.
+// once, rollback included; a [Shadow] compares a sample of reads with the
+// other database first.
 //
 // # Modes
 //
@@ -94,6 +95,22 @@
 // so ClearOverride returns at once to the mode the other processes follow.
 // A switch made with a nil Redis client is local: it follows only Default
 // and Override.
+//
+// # Shadow reads
+//
+// Before a switch, a [Shadow] tells whether it would change what callers
+// see: lazy.Repo hands it a sample of its reads (ShadowConfig.Rate, 1% by
+// default), which it compares in the background with the database that
+// did not serve them. A read from NEW is compared with OLD, which
+// mirroring keeps current for a rollback; a read from OLD in mode old is
+// compared with NEW. A difference is read again after RecheckDelay, since
+// a write reaches OLD a moment after NEW, and only one that stays is a
+// mismatch: logged (Warn, with the key and the names of the fields that
+// differ, never their values) and counted in
+// lazymigrate_shadow_reads_total{table,outcome}. Keys NEW has not received
+// yet count as "unmigrated". At most MaxInFlight comparisons run at once;
+// reads sampled beyond that count as "busy" and are not compared, so a
+// slow database never piles up work. Call [Shadow.Wait] at shutdown.
 //
 // # Metrics
 //

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"log/slog"
+	"os"
 	"time"
 
 	"github.com/lazymigrate/lazymigrate/fallback"
@@ -116,4 +118,36 @@ func ExamplePolicy_ModeOf() {
 	// Output:
 	// readthrough 5% - keys 0-9999 in readthrough: 504 in old: 9496
 	// every key at 5% is still in at 20%: true
+}
+
+// A shadow comparison: a sample of reads is compared with the database that
+// did not serve them, in the background. Here every read is sampled, and
+// the check finds OLD behind NEW, twice, so the difference is reported.
+func ExampleShadow() {
+	noTime := func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}
+	sh, err := fallback.NewShadow("accounts", &fallback.ShadowConfig{
+		Rate:         1,
+		RecheckDelay: time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{ReplaceAttr: noTime})),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// In the read path, after NEW served key 42:
+	if sh.Sample() {
+		sh.Compare(context.Background(), 42, fallback.ModeNew, func(ctx context.Context, first bool) (string, error) {
+			// Read OLD (and, on a recheck, NEW again) and compare.
+			return "fields differ: Balance", nil
+		})
+	}
+	sh.Wait()
+
+	// Output:
+	// level=WARN msg="lazymigrate: shadow read differs" table=accounts key=42 served_by=new difference="fields differ: Balance"
 }

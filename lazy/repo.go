@@ -115,6 +115,14 @@ type Config[T any] struct {
 	// while mirroring is on. Usually a *fallback.Switch shared by every
 	// process. Defaults to readthrough, always.
 	Mode ModeSource
+	// Shadow compares a sample of Get's reads with the database that did
+	// not serve them, in the background (see fallback.Shadow): reads from
+	// NEW with OLD, reads in mode old with NEW. Records are compared field
+	// by field, with a field type's Equal method where it has one (as
+	// time.Time does). It checks what a switch of mode would change, so it
+	// needs mirroring: without it OLD lacks every write, and each one is a
+	// mismatch. Defaults to none.
+	Shadow *fallback.Shadow
 	// Copier is the table's promote.Copier. Writes need it: Update and
 	// Migrate promote through it, and Delete takes its lock stripes.
 	// Defaults to none: the write methods return ErrNoWrites.
@@ -323,18 +331,21 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 // Config.Scan is returned as it is.
 func (r *Repo[T]) Get(ctx context.Context, key int64) (T, error) {
 	start := time.Now()
-	v, outcome, err := r.get(ctx, key)
+	mode := r.modeOf(key)
+	v, outcome, err := r.get(ctx, key, mode)
 	r.reads.WithLabelValues(outcome).Inc()
 	r.duration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	if r.cfg.Shadow.Sample() {
+		r.shadow(ctx, key, mode, v, outcome)
+	}
 	return v, err
 }
 
-func (r *Repo[T]) get(ctx context.Context, key int64) (T, string, error) {
+func (r *Repo[T]) get(ctx context.Context, key int64, mode fallback.Mode) (T, string, error) {
 	var zero T
 	if err := keys.Check(key); err != nil {
 		return zero, "error", fmt.Errorf("lazy: get %s: %w", r.cfg.Table, err)
 	}
-	mode := r.modeOf(key)
 	if mode == fallback.ModeOld {
 		return r.getOld(ctx, key)
 	}

@@ -16,7 +16,7 @@
 //     not found.
 //
 // A [Switch] holds the mode of one table for one process. The read path asks
-// it on every read with [Switch.Mode], a single atomic load that does not
+// it on every read with [Switch.ModeOf], a single atomic load that does not
 // allocate.
 //
 // # Rolling out

@@ -106,6 +106,9 @@ const rolloutBuckets = 10_000
 
 // ModeOf returns the mode that serves key under p.
 func (p Policy) ModeOf(key int64) Mode {
+	if p.Percent == 100 {
+		return p.Mode
+	}
 	bp, err := p.basisPoints()
 	if err != nil || inRollout(key, bp) {
 		return p.Mode

@@ -135,8 +135,8 @@ func TestSetPolicyReachesOtherSwitches(t *testing.T) {
 		if got := sw.Policy(); got != want {
 			t.Fatalf("Policy() = %+v, want %+v", got, want)
 		}
-		if got := sw.Mode(); got != fallback.ModeReadthrough {
-			t.Fatalf("Mode() = %s, want readthrough", got)
+		if got := sw.Mode(); got != fallback.ModeOld {
+			t.Fatalf("Mode() = %s, want old: the mode every key has reached", got)
 		}
 		for k := range int64(1000) {
 			if got, w := sw.ModeOf(k), want.ModeOf(k); got != w {
@@ -240,4 +240,17 @@ func FuzzParsePolicy(f *testing.F) {
 			t.Fatalf("ParsePolicy(%q) = %+v; its String %q reads back as %+v, %v", s, p, p.String(), again, err)
 		}
 	})
+}
+
+// A Switch not made by New serves old, as it did before rollouts, and
+// does not panic.
+func TestZeroSwitchServesOld(t *testing.T) {
+	t.Parallel()
+	var sw fallback.Switch
+	if m := sw.ModeOf(12345); m != fallback.ModeOld {
+		t.Fatalf("zero Switch: ModeOf = %s, want old", m)
+	}
+	if m := sw.Mode(); m != fallback.ModeOld {
+		t.Fatalf("zero Switch: Mode = %s, want old", m)
+	}
 }

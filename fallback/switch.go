@@ -143,10 +143,11 @@ func New(rdb redis.UniversalClient, table string, cfg *Config) (*Switch, error) 
 // Table returns the table name the switch was created with.
 func (s *Switch) Table() string { return s.table }
 
-// Mode returns the mode of the table's policy now: the mode being rolled
-// out, which serves every key once the policy is at 100%. Reads ask ModeOf,
-// which knows which keys a partial rollout has reached.
-func (s *Switch) Mode() Mode { return state(s.cur.Load()).mode() }
+// Mode returns the mode every key of the table has reached now: the
+// policy's mode at 100%, and during a rollout the mode before it (old at
+// "readthrough 5%", readthrough at "new 5%"), so that a check such as
+// "reads no longer fall back" holds for every key. Reads ask ModeOf.
+func (s *Switch) Mode() Mode { return state(s.cur.Load()).policy().Before() }
 
 // Policy returns the table's policy now.
 func (s *Switch) Policy() Policy { return state(s.cur.Load()).policy() }
@@ -155,10 +156,10 @@ func (s *Switch) Policy() Policy { return state(s.cur.Load()).policy() }
 // takes no lock.
 func (s *Switch) ModeOf(key int64) Mode {
 	st := state(s.cur.Load())
-	if inRollout(key, st.basisPoints()) {
-		return modes[st.index()]
+	if i := st.index(); i == 0 || inRollout(key, st.basisPoints()) {
+		return modes[i]
 	}
-	return modes[st.index()-1] // a partial rollout has a mode before it
+	return modes[st.index()-1]
 }
 
 // Set makes m the table's mode for every key and every process, as

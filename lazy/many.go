@@ -22,6 +22,11 @@ import (
 // that were found. If NEW fails after its first query (the tombstone
 // lookup, or the re-read of keys the tracker calls settled), the error
 // wraps ErrNewUnavailable and the map holds NEW's hits.
+//
+// While a mode is rolled out to some of the keys, the keys of each mode
+// are read as a GetMany of their own, at the same time: two NEW queries
+// and two OLD queries at most. The map then holds what each found, and
+// the error joins theirs.
 func (r *Repo[T]) GetMany(ctx context.Context, ks []int64) (map[int64]T, error) {
 	start := time.Now()
 	out, err := r.getMany(ctx, ks)
@@ -95,12 +100,13 @@ func (r *Repo[T]) byMode(ks []int64) []modeKeys {
 	if r.cfg.Mode == nil {
 		return []modeKeys{{fallback.ModeReadthrough, ks}}
 	}
-	if p := r.cfg.Mode.Policy(); p.Percent == 100 {
+	p := r.cfg.Mode.Policy() // once: the batch must not straddle a change
+	if p.Percent == 100 {
 		return []modeKeys{{p.Mode, ks}}
 	}
 	var groups []modeKeys
 	for _, k := range ks {
-		m := r.cfg.Mode.ModeOf(k)
+		m := p.ModeOf(k)
 		i := slices.IndexFunc(groups, func(g modeKeys) bool { return g.mode == m })
 		if i < 0 {
 			i = len(groups)

@@ -3,6 +3,7 @@ package lazy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -234,5 +235,58 @@ func TestRolloutServesEachKeyInItsMode(t *testing.T) {
 	}
 	if _, err := repo.PurgeTombstones(ctx); !errors.Is(err, lazy.ErrPurgeTooEarly) {
 		t.Fatalf("PurgeTombstones at new 50%% = %v, want ErrPurgeTooEarly", err)
+	}
+}
+
+// policySource serves a fixed fallback.Policy as a lazy.ModeSource.
+type policySource struct{ p fallback.Policy }
+
+func (s policySource) ModeOf(key int64) fallback.Mode { return s.p.ModeOf(key) }
+func (s policySource) Policy() fallback.Policy        { return s.p }
+
+// During a rollout, a GetMany whose OLD is down returns what NEW served,
+// an error wrapping ErrOldUnavailable from the keys still read in mode
+// old, and counts each key once.
+func TestRolloutGetManyWithOldDown(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	for k := int64(1); k <= 10; k++ {
+		rgNewRow(t, b, k)
+	}
+	policy := fallback.Policy{Mode: fallback.ModeReadthrough, Percent: 50}
+	oldPool := b.pair.Old.NewPool(t, nil)
+	repo, reg := rgRepo(t, oldPool, b.pair.New.Pool, lazy.Config[Account]{Mode: policySource{policy}})
+	oldPool.Close() // OLD goes down
+
+	all := make([]int64, 0, 20)
+	var wantHits []int64
+	for k := int64(1); k <= 20; k++ {
+		all = append(all, k)
+		if k <= 10 && policy.ModeOf(k) == fallback.ModeReadthrough {
+			wantHits = append(wantHits, k)
+		}
+	}
+	got, err := repo.GetMany(ctx, all)
+	if !errors.Is(err, lazy.ErrOldUnavailable) {
+		t.Fatalf("GetMany with OLD down: err = %v, want ErrOldUnavailable", err)
+	}
+	if len(got) != len(wantHits) {
+		t.Fatalf("GetMany with OLD down = keys %v, want NEW's hits in readthrough %v", keysOf(got), wantHits)
+	}
+	for _, k := range wantHits {
+		if got[k].Name != fmt.Sprintf("NEW %d", k) {
+			t.Fatalf("key %d = %+v, want NEW's row", k, got[k])
+		}
+	}
+	total := 0.0
+	for _, o := range []string{"new", "old", "not_found", "error"} {
+		total += rgReads(t, reg, o)
+	}
+	if total != 20 {
+		t.Fatalf("reads_total counts %v reads for 20 keys", total)
+	}
+	if n := rgReads(t, reg, "new"); n != float64(len(wantHits)) {
+		t.Fatalf("reads_total{new} = %v, want %d", n, len(wantHits))
 	}
 }

@@ -61,7 +61,8 @@ type Tracker interface {
 // ModeSource says which database serves reads of each key now.
 // *fallback.Switch implements it.
 type ModeSource interface {
-	// ModeOf returns the mode that serves key.
+	// ModeOf returns the mode that serves key: Policy().ModeOf(key),
+	// answered faster.
 	ModeOf(key int64) fallback.Mode
 	// Policy returns the mode being rolled out, and to what share of the
 	// keys.

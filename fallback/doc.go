@@ -99,18 +99,19 @@
 // # Shadow reads
 //
 // Before a switch, a [Shadow] tells whether it would change what callers
-// see: lazy.Repo hands it a sample of its reads (ShadowConfig.Rate, 1% by
-// default), which it compares in the background with the database that
-// did not serve them. A read from NEW is compared with OLD, which
-// mirroring keeps current for a rollback; a read from OLD in mode old is
-// compared with NEW. A difference is read again after RecheckDelay, since
-// a write reaches OLD a moment after NEW, and only one that stays is a
-// mismatch: logged (Warn, with the key and the names of the fields that
-// differ, never their values) and counted in
-// lazymigrate_shadow_reads_total{table,outcome}. Keys NEW has not received
-// yet count as "unmigrated". At most MaxInFlight comparisons run at once;
-// reads sampled beyond that count as "busy" and are not compared, so a
-// slow database never piles up work. Call [Shadow.Wait] at shutdown.
+// see: lazy.Repo hands it a sample of Get's keys (ShadowConfig.Rate, 1% by
+// default), and a comparison in the background reads each from both
+// databases: after a read served by NEW, OLD must match it, as mirroring
+// keeps it for a rollback; after a read in mode old, NEW must. A
+// difference is read again after RecheckDelay, since a write reaches OLD a
+// moment after NEW, and one whose change is still in the outbox counts as
+// "pending". Only a difference that stays is a mismatch: logged (Warn,
+// with the key and the names of the fields that differ, never their
+// values) and counted in lazymigrate_shadow_reads_total{table,outcome}.
+// Keys NEW has not received yet count as "unmigrated". At most
+// MaxInFlight comparisons run at once; reads sampled beyond that count as
+// "busy" and are not compared, so a slow database never piles up work.
+// Call [Shadow.Close] at shutdown.
 //
 // # Metrics
 //

@@ -141,12 +141,12 @@ func ExampleShadow() {
 
 	// In the read path, after NEW served key 42:
 	if sh.Sample() {
-		sh.Compare(context.Background(), 42, fallback.ModeNew, func(ctx context.Context, first bool) (string, error) {
-			// Read OLD (and, on a recheck, NEW again) and compare.
+		sh.Compare(context.Background(), 42, fallback.ModeNew, func(ctx context.Context) (string, error) {
+			// Read the key from NEW and from OLD, and compare.
 			return "fields differ: Balance", nil
 		})
 	}
-	sh.Wait()
+	sh.Close() // at shutdown
 
 	// Output:
 	// level=WARN msg="lazymigrate: shadow read differs" table=accounts key=42 served_by=new difference="fields differ: Balance"

@@ -15,17 +15,23 @@ import (
 	"github.com/lazymigrate/lazymigrate/internal/metrics"
 )
 
-// ErrNothingToCompare is returned by a ShadowCheck when the other database
-// is not expected to hold the key yet: a key NEW has not received. It is
-// counted as outcome "unmigrated", not as a mismatch.
-var ErrNothingToCompare = errors.New("fallback: nothing to compare yet")
+// Errors a ShadowCheck returns for a key it cannot judge yet. They are
+// counted as outcomes of their own, not as mismatches.
+var (
+	// ErrNothingToCompare: the other database is not expected to hold the
+	// key yet, as NEW before the key is migrated. Outcome "unmigrated".
+	ErrNothingToCompare = errors.New("fallback: nothing to compare yet")
+	// ErrPending: the two databases differ, but a change is on its way to
+	// the one behind (a mirror still in the outbox). Outcome "pending".
+	ErrPending = errors.New("fallback: a change is still on its way")
+)
 
-// A ShadowCheck compares one key across the two databases. It returns ""
-// when they agree and otherwise a short description of the difference,
-// which is logged: name fields, not values, which may be personal data.
-// first is true for the first check, which may compare what the read
-// already returned with the other side; a recheck must read both again.
-type ShadowCheck func(ctx context.Context, first bool) (diff string, err error)
+// A ShadowCheck reads one key from both databases and compares the two.
+// It returns "" when they agree and otherwise a short description of the
+// difference, which is logged: name fields, not values, which may be
+// personal data. A check that finds a difference is called again after
+// ShadowConfig.RecheckDelay, and must then read both sides again.
+type ShadowCheck func(ctx context.Context) (diff string, err error)
 
 // ShadowConfig configures a Shadow. The zero value compares 1% of reads.
 type ShadowConfig struct {
@@ -59,14 +65,18 @@ type ShadowConfig struct {
 // does, so that a rollback, or a switch to new, would change what callers
 // see. Reads never wait for it. Safe for concurrent use.
 type Shadow struct {
-	table   string
-	rate    float64
-	timeout time.Duration
-	recheck time.Duration
-	log     *slog.Logger
-	slots   chan struct{}
-	wg      sync.WaitGroup
-	total   *prometheus.CounterVec
+	table       string
+	rate        float64
+	timeout     time.Duration
+	recheck     time.Duration
+	maxInFlight int
+	log         *slog.Logger
+	total       *prometheus.CounterVec
+
+	mu       sync.Mutex
+	idle     sync.Cond // signalled when inFlight drops to 0
+	inFlight int
+	closed   bool
 }
 
 // NewShadow returns the shadow comparison of table, which names it in
@@ -95,16 +105,18 @@ func NewShadow(table string, cfg *ShadowConfig) (*Shadow, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Shadow{
-		table:   table,
-		rate:    max(c.Rate, 0),
-		timeout: c.Timeout,
-		recheck: c.RecheckDelay,
-		log:     c.Logger,
-		slots:   make(chan struct{}, c.MaxInFlight),
+		table:       table,
+		rate:        max(c.Rate, 0),
+		timeout:     c.Timeout,
+		recheck:     c.RecheckDelay,
+		maxInFlight: c.MaxInFlight,
+		log:         c.Logger,
 	}
+	s.idle.L = &s.mu
 	s.total = metrics.CounterVec(c.Registerer, "shadow_reads_total",
 		"Reads compared with the database that did not serve them, by outcome: match, mismatch (still different on a recheck), "+
-			"unmigrated (the key is not in NEW yet), error (a side could not be read), busy (sampled, but MaxInFlight comparisons were running).",
+			"pending (different, with a change on its way), unmigrated (the key is not in NEW yet), "+
+			"error (a side could not be read), busy (sampled, but MaxInFlight comparisons were running).",
 		"table", "outcome").MustCurryWith(prometheus.Labels{"table": table})
 	return s, nil
 }
@@ -117,27 +129,49 @@ func (s *Shadow) Sample() bool {
 }
 
 // Compare runs check for key in the background, unless MaxInFlight
-// comparisons are running (then it counts "busy" and returns). served
-// names the database that served the read, for the log. The comparison
-// keeps ctx's values but not its end: the read it shadows has returned.
+// comparisons are running (then it counts "busy" and returns) or the
+// Shadow is closed. served names the database that served the read (ModeNew
+// or ModeOld), for the log. The comparison keeps ctx's values but not its
+// end, since the read it shadows has returned, and ends within Timeout.
 func (s *Shadow) Compare(ctx context.Context, key int64, served Mode, check ShadowCheck) {
-	select {
-	case s.slots <- struct{}{}:
-	default:
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return
+	case s.inFlight >= s.maxInFlight:
+		s.mu.Unlock()
 		s.total.WithLabelValues("busy").Inc()
 		return
 	}
-	s.wg.Go(func() {
-		defer func() { <-s.slots }()
+	s.inFlight++
+	s.mu.Unlock()
+	go func() {
+		defer s.done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 		defer cancel()
-		outcome := s.compare(ctx, key, served, check)
-		s.total.WithLabelValues(outcome).Inc()
-	})
+		s.total.WithLabelValues(s.compare(ctx, key, served, check)).Inc()
+	}()
 }
 
-func (s *Shadow) compare(ctx context.Context, key int64, served Mode, check ShadowCheck) string {
-	diff, err := check(ctx, true)
+func (s *Shadow) done() {
+	s.mu.Lock()
+	if s.inFlight--; s.inFlight == 0 {
+		s.idle.Broadcast()
+	}
+	s.mu.Unlock()
+}
+
+func (s *Shadow) compare(ctx context.Context, key int64, served Mode, check ShadowCheck) (outcome string) {
+	defer func() {
+		// A panic in a check (a record type's Equal, say) must not take
+		// the process down for a comparison nobody waits for.
+		if p := recover(); p != nil {
+			s.log.ErrorContext(ctx, "lazymigrate: shadow check panicked", "table", s.table, "key", key, "panic", fmt.Sprint(p))
+			outcome = "error"
+		}
+	}()
+	diff, err := check(ctx)
 	if err == nil && diff != "" {
 		t := time.NewTimer(s.recheck)
 		select {
@@ -145,12 +179,14 @@ func (s *Shadow) compare(ctx context.Context, key int64, served Mode, check Shad
 			t.Stop()
 			err = ctx.Err()
 		case <-t.C:
-			diff, err = check(ctx, false)
+			diff, err = check(ctx)
 		}
 	}
 	switch {
 	case errors.Is(err, ErrNothingToCompare):
 		return "unmigrated"
+	case errors.Is(err, ErrPending):
+		return "pending"
 	case err != nil:
 		s.log.DebugContext(ctx, "lazymigrate: shadow read failed", "table", s.table, "key", key, "error", err)
 		return "error"
@@ -162,6 +198,21 @@ func (s *Shadow) compare(ctx context.Context, key int64, served Mode, check Shad
 	return "match"
 }
 
-// Wait waits for the comparisons under way: before a process exits, and
-// in tests.
-func (s *Shadow) Wait() { s.wg.Wait() }
+// Wait waits until no comparison is under way: in tests, and before
+// reading the metrics.
+func (s *Shadow) Wait() {
+	s.mu.Lock()
+	for s.inFlight > 0 {
+		s.idle.Wait()
+	}
+	s.mu.Unlock()
+}
+
+// Close stops new comparisons and waits for those under way, at most
+// Timeout each: call it at shutdown.
+func (s *Shadow) Close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.Wait()
+}

@@ -97,39 +97,41 @@ func TestShadowOutcomes(t *testing.T) {
 	b := newShadow(t, 4)
 	ctx := context.Background()
 	boom := errors.New("OLD is down")
+	type answer struct {
+		diff string
+		err  error
+	}
 	cases := []struct {
 		outcome string
-		first   string
-		recheck string
-		err     error
+		answers []answer // the first check's, then the recheck's
 	}{
-		{outcome: "match"},
-		{outcome: "match", first: "fields differ: Name"}, // a write between the reads
-		{outcome: "mismatch", first: "fields differ: Name", recheck: "fields differ: Name, Status"},
-		{outcome: "unmigrated", err: fallback.ErrNothingToCompare},
-		{outcome: "error", err: boom},
+		{"match", []answer{{}}},
+		{"match", []answer{{diff: "fields differ: Name"}, {}}}, // a write between the reads
+		{"mismatch", []answer{{diff: "fields differ: Name"}, {diff: "fields differ: Name, Status"}}},
+		{"pending", []answer{{diff: "fields differ: Name"}, {err: fallback.ErrPending}}},
+		{"pending", []answer{{err: fallback.ErrPending}}},
+		{"unmigrated", []answer{{err: fallback.ErrNothingToCompare}}},
+		{"error", []answer{{err: boom}}},
+		{"error", []answer{{diff: "fields differ: Name"}, {err: boom}}},
 	}
+	want := map[string]float64{}
 	for i, c := range cases {
-		var calls, rechecks atomic.Int32
-		b.sh.Compare(ctx, int64(i), fallback.ModeNew, func(ctx context.Context, first bool) (string, error) {
-			calls.Add(1)
-			if !first {
-				rechecks.Add(1)
-				return c.recheck, nil
+		var calls atomic.Int32
+		b.sh.Compare(ctx, int64(i), fallback.ModeNew, func(ctx context.Context) (string, error) {
+			n := int(calls.Add(1))
+			if n > len(c.answers) {
+				t.Errorf("case %d: check called %d times, want %d", i, n, len(c.answers))
+				return "", nil
 			}
-			return c.first, c.err
+			return c.answers[n-1].diff, c.answers[n-1].err
 		})
 		b.sh.Wait()
-		if got := b.count(t, c.outcome); got != float64(countOutcome(cases[:i+1], c.outcome)) {
-			t.Fatalf("case %d: %s counted %v times", i, c.outcome, got)
+		want[c.outcome]++
+		if got := b.count(t, c.outcome); got != want[c.outcome] {
+			t.Fatalf("case %d: %s counted %v times, want %v", i, c.outcome, got, want[c.outcome])
 		}
-		if want := int32(0); c.first != "" {
-			want = 1
-			if rechecks.Load() != want {
-				t.Fatalf("case %d: %d rechecks, want %d", i, rechecks.Load(), want)
-			}
-		} else if calls.Load() != 1 {
-			t.Fatalf("case %d: check called %d times, want once", i, calls.Load())
+		if n := int(calls.Load()); n != len(c.answers) {
+			t.Fatalf("case %d: check called %d times, want %d", i, n, len(c.answers))
 		}
 	}
 	log := b.log.String()
@@ -145,21 +147,6 @@ func TestShadowOutcomes(t *testing.T) {
 	}
 }
 
-func countOutcome(cases []struct {
-	outcome string
-	first   string
-	recheck string
-	err     error
-}, outcome string) int {
-	n := 0
-	for _, c := range cases {
-		if c.outcome == outcome {
-			n++
-		}
-	}
-	return n
-}
-
 // A read sampled while MaxInFlight comparisons run is not compared, and a
 // comparison outlives the read's context.
 func TestShadowBoundsComparisons(t *testing.T) {
@@ -169,7 +156,7 @@ func TestShadowBoundsComparisons(t *testing.T) {
 	started := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	ctxErr := make(chan error, 1)
-	b.sh.Compare(ctx, 1, fallback.ModeOld, func(ctx context.Context, first bool) (string, error) {
+	b.sh.Compare(ctx, 1, fallback.ModeOld, func(ctx context.Context) (string, error) {
 		close(started)
 		<-release
 		ctxErr <- ctx.Err()
@@ -177,7 +164,7 @@ func TestShadowBoundsComparisons(t *testing.T) {
 	})
 	<-started
 	cancel() // the read returned
-	b.sh.Compare(context.Background(), 2, fallback.ModeOld, func(context.Context, bool) (string, error) {
+	b.sh.Compare(context.Background(), 2, fallback.ModeOld, func(context.Context) (string, error) {
 		t.Error("a second comparison ran beside the first, MaxInFlight is 1")
 		return "", nil
 	})
@@ -193,9 +180,67 @@ func TestShadowBoundsComparisons(t *testing.T) {
 		t.Fatalf("match = %v, want 1", got)
 	}
 	// The slot is free again.
-	b.sh.Compare(context.Background(), 3, fallback.ModeOld, func(context.Context, bool) (string, error) { return "", nil })
+	b.sh.Compare(context.Background(), 3, fallback.ModeOld, func(context.Context) (string, error) { return "", nil })
 	b.sh.Wait()
 	if got := b.count(t, "match"); got != 2 {
 		t.Fatalf("match = %v after the slot freed, want 2", got)
+	}
+}
+
+// A check that hangs ends with Timeout, as an error; one that panics is an
+// error too, and the process goes on.
+func TestShadowSurvivesHangsAndPanics(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	var log testenv.SyncBuffer
+	sh, err := fallback.NewShadow("accounts", &fallback.ShadowConfig{
+		Rate: 1, Timeout: 50 * time.Millisecond, RecheckDelay: time.Millisecond,
+		Registerer: reg, Logger: slog.New(slog.NewTextHandler(&log, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Close()
+	sh.Compare(context.Background(), 1, fallback.ModeNew, func(ctx context.Context) (string, error) {
+		<-ctx.Done()
+		return "", ctx.Err()
+	})
+	sh.Compare(context.Background(), 2, fallback.ModeNew, func(context.Context) (string, error) {
+		panic("a record type's Equal failed")
+	})
+	sh.Wait()
+	if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", "error"); got != 2 {
+		t.Fatalf("error = %v, want 2 (a hang, a panic)", got)
+	}
+	if !strings.Contains(log.String(), "shadow check panicked") || !strings.Contains(log.String(), "key=2") {
+		t.Fatalf("log lacks the panic:\n%s", log.String())
+	}
+}
+
+// Close stops new comparisons and waits for those under way.
+func TestShadowClose(t *testing.T) {
+	t.Parallel()
+	b := newShadow(t, 4)
+	release := make(chan struct{})
+	b.sh.Compare(context.Background(), 1, fallback.ModeNew, func(context.Context) (string, error) {
+		<-release
+		return "", nil
+	})
+	closed := make(chan struct{})
+	go func() { b.sh.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a comparison was under way")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(release)
+	<-closed
+	b.sh.Compare(context.Background(), 2, fallback.ModeNew, func(context.Context) (string, error) {
+		t.Error("a comparison ran after Close")
+		return "", nil
+	})
+	b.sh.Wait()
+	if got := b.count(t, "match"); got != 1 {
+		t.Fatalf("match = %v, want 1", got)
 	}
 }

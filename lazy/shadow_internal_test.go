@@ -50,4 +50,42 @@ func TestRecordDiff(t *testing.T) {
 	if d := recordDiff(opaque{1}, opaque{2}); d != "records differ" {
 		t.Errorf("structs without exported fields that differ: %q", d)
 	}
+
+	// Times one level down, in other locations, are the same instant.
+	type nested struct {
+		Closed *time.Time
+		Seen   struct{ At time.Time }
+		Money  *money
+	}
+	local := at.In(time.FixedZone("X", -7200))
+	n1 := nested{Closed: &at}
+	n2 := nested{Closed: &local}
+	n1.Seen.At, n2.Seen.At = at, local
+	if d := recordDiff(n1, n2); d != "" {
+		t.Errorf("nested times in two locations: %q", d)
+	}
+	// A nil field whose type's Equal has a pointer receiver is not called.
+	n2.Money = &money{cents: 1}
+	if d := recordDiff(n1, n2); d != "fields differ: Money" {
+		t.Errorf("a nil and a set *money: %q", d)
+	}
+	n1.Money = &money{cents: 1}
+	if d := recordDiff(n1, n2); d != "" {
+		t.Errorf("equal *money by its Equal: %q", d)
+	}
+	// The fields of an unexported embedded struct are the record's own.
+	type contact struct{ Email string }
+	type withBase struct {
+		contact
+		ID int64
+	}
+	if d := recordDiff(withBase{contact{"a"}, 1}, withBase{contact{"b"}, 1}); d != "fields differ: Email" {
+		t.Errorf("an embedded field differs: %q", d)
+	}
 }
+
+// money has an Equal with a pointer receiver, which a nil *money must
+// never receive.
+type money struct{ cents int64 }
+
+func (m *money) Equal(o *money) bool { return m.cents == o.cents }

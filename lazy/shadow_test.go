@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazymigrate/lazymigrate/fallback"
@@ -61,6 +62,7 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 	if _, err := repo.Put(ctx, 6, account(6, "mirrored")); err != nil {
 		t.Fatal(err)
 	}
+	repo.Close() // the Put's outbox entry deleted
 	step("readthrough, a hit OLD agrees with", 6, "match", "")
 	b.pair.Old.Exec(t, `UPDATE accounts SET name = 'drifted', status = 'closed' WHERE id = 6`)
 	step("readthrough, a hit OLD disagrees with", 6, "mismatch", "key=6 served_by=new difference=\"fields differ: Name, Status\"")
@@ -68,6 +70,7 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 	if err := repo.Delete(ctx, 7); err != nil {
 		t.Fatal(err)
 	}
+	repo.Close()
 	step("readthrough, a key deleted in both", 7, "match", "")
 	testenv.SeedAccounts(t, b.pair.Old, 7, 8) // as if the delete's mirror had failed
 	step("readthrough, a key deleted in NEW only", 7, "mismatch", "deleted in NEW, still in OLD")
@@ -83,4 +86,92 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 	b.pair.Old.Exec(t, `UPDATE accounts SET name = 'mirrored', status = 'active' WHERE id = 6`)
 	step("mode new, OLD current again", 6, "match", "")
 	step("mode new, a key the sweep missed", 9, "unmigrated", "")
+
+	// A write whose mirror is left to the relay: OLD is behind, and will
+	// catch up.
+	tx, err := b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.PutTx(ctx, tx, 10, account(10, "written in a transaction")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	step("mode new, a write still in the outbox", 10, "pending", "")
+	if err := repo.Reconcile(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	repo.Close()
+	step("mode new, the write mirrored", 10, "match", "")
+}
+
+// A difference a write mends before the recheck is not a mismatch: the
+// recheck reads both databases again.
+func TestShadowRecheckReadsAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	reg := prometheus.NewRegistry()
+	sh, err := fallback.NewShadow("accounts", &fallback.ShadowConfig{Rate: 1, RecheckDelay: time.Second, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sh.Close)
+	repo := writeRepo(t, b, lazy.Config[Account]{Shadow: sh})
+	if _, err := repo.Put(ctx, 6, account(6, "mirrored")); err != nil {
+		t.Fatal(err)
+	}
+	repo.Close() // the Put's bookkeeping done: the counts below are the shadow's
+	b.pair.Old.Exec(t, `UPDATE accounts SET name = 'behind' WHERE id = 6`)
+
+	b.newQueries.Store(0)
+	if _, err := repo.Get(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	// NEW sees the hit, the check's read and, once the check has found
+	// the difference, its look at the tombstones and the outbox.
+	testenv.Eventually(t, 5*time.Second, "the first check to find the difference", func() bool {
+		return b.newQueries.Load() >= 3
+	})
+	b.pair.Old.Exec(t, `UPDATE accounts SET name = 'mirrored' WHERE id = 6`)
+	sh.Wait()
+	for o, want := range map[string]float64{"match": 1, "mismatch": 0} {
+		if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", o); got != want {
+			t.Fatalf("shadow_reads_total{outcome=%q} = %v, want %v", o, got, want)
+		}
+	}
+}
+
+// A repo of pointers: the caller owns the record Get returns and may
+// change it at once; the comparison does not read it (run with -race).
+func TestShadowLeavesTheCallersRecordAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	reg := prometheus.NewRegistry()
+	sh, err := fallback.NewShadow("accounts", &fallback.ShadowConfig{Rate: 1, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sh.Close)
+	if _, err := b.copier.CopyKeys(ctx, []int64{6}); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := lazy.New(ctx, b.oldPool, b.newPool, &lazy.Config[*Account]{
+		Table: "accounts", Scan: pgx.RowToAddrOfStructByName[Account], Shadow: sh,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := repo.Get(ctx, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Name = "changed by the caller"
+	sh.Wait()
+	if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", "match"); got != 1 {
+		t.Fatalf("match = %v, want 1: NEW and OLD hold the same row", got)
+	}
 }

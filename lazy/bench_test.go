@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/lazymigrate/lazymigrate/fallback"
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
 	"github.com/lazymigrate/lazymigrate/lazy"
 	"github.com/lazymigrate/lazymigrate/promote"
@@ -106,6 +107,30 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		pair(b,
 			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
 			func(i int) error { _, err := repo.Get(ctx, ks[i]); return err })
+	})
+
+	// The same hits with shadow reads at their default rate: one read in a
+	// hundred is compared with OLD in the background, three more queries
+	// that share the machine with the reads measured.
+	sh, err := fallback.NewShadow("accounts", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(sh.Close)
+	shadowRepo, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq, Shadow: sh})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("HitWithShadow", func(b *testing.B) {
+		r := rand.New(rand.NewPCG(13, 14))
+		ks := make([]int64, b.N)
+		for i := range ks {
+			ks[i] = 1 + r.Int64N(benchRows/2)
+		}
+		pair(b,
+			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
+			func(i int) error { _, err := shadowRepo.Get(ctx, ks[i]); return err })
+		sh.Wait()
 	})
 
 	// A repo with a hand-written Scan against QueryRow().Scan into the same

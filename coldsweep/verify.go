@@ -132,6 +132,13 @@ type Report struct {
 	Resurrected      []int64
 	ResurrectedCount int64
 
+	// Closed says the table's migration was closed (lazy's
+	// PurgeTombstones) when Verify started. Its tombstones are gone, so a
+	// key deleted through lazymigrate that OLD still holds (writes were
+	// not mirrored) shows as Missing, not Tombstoned: verify before the
+	// purge.
+	Closed bool
+
 	Duration time.Duration
 }
 
@@ -181,6 +188,9 @@ func Verify(ctx context.Context, oldDB, newDB Querier, cfg *VerifyConfig) (*Repo
 		return nil, v.fail(err)
 	}
 	rep := &Report{Table: v.cfg.Table, Range: span}
+	if err := v.new.QueryRow(ctx, `SELECT `+schema.ClosedSQL, v.tableID).Scan(&rep.Closed); err != nil {
+		return nil, v.fail(fmt.Errorf("%w: NEW: read whether %s is closed: %w", promote.ErrNewUnavailable, v.cfg.Table, err))
+	}
 	if err := v.run(ctx, rep, start); err != nil {
 		return nil, v.fail(err)
 	}

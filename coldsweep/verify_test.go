@@ -84,7 +84,7 @@ func TestVerifyClassifiesKeys(t *testing.T) {
 		// change makes NEW (or OLD) differ behind lazymigrate's back.
 		change                                             func(t *testing.T, p *testenv.Pair)
 		missing, different, extra, tombstoned, resurrected []int64
-		equal                                              bool
+		equal, closed                                      bool
 		rowsOld, rowsNew                                   int64
 	}{
 		{
@@ -124,6 +124,15 @@ func TestVerifyClassifiesKeys(t *testing.T) {
 			tombstoned: []int64{300}, equal: true, rowsOld: 1999, rowsNew: 1998,
 		},
 		{
+			name: "deleted through lazymigrate, then purged",
+			change: func(t *testing.T, p *testenv.Pair) {
+				p.New.Exec(t, `DELETE FROM accounts WHERE id = 300`)
+				tombstone(t, p.New, 300)
+				p.New.Exec(t, schema.CloseSQL, "public.accounts", int(schema.DefaultStripeBits))
+			},
+			missing: []int64{300}, closed: true, rowsOld: 2000, rowsNew: 1999,
+		},
+		{
 			name: "tombstoned key back in NEW",
 			change: func(t *testing.T, p *testenv.Pair) {
 				// 400 in both sides; 2500 in NEW alone.
@@ -140,8 +149,8 @@ func TestVerifyClassifiesKeys(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			rep := verify(t, p.Old.Pool, p.New.Pool, coldsweep.VerifyConfig{Chunk: 500, Registerer: reg})
 			wantKeys(t, rep, tc.missing, tc.different, tc.extra, tc.tombstoned, tc.resurrected)
-			if rep.Equal() != tc.equal {
-				t.Errorf("Equal() = %v, want %v", rep.Equal(), tc.equal)
+			if rep.Equal() != tc.equal || rep.Closed != tc.closed {
+				t.Errorf("Equal(), Closed = %v, %v; want %v, %v", rep.Equal(), rep.Closed, tc.equal, tc.closed)
 			}
 			if rep.RowsOld != tc.rowsOld || rep.RowsNew != tc.rowsNew {
 				t.Errorf("RowsOld, RowsNew = %d, %d, want %d, %d", rep.RowsOld, rep.RowsNew, tc.rowsOld, tc.rowsNew)

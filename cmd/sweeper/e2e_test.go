@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazymigrate/lazymigrate/internal/schema"
 	"github.com/lazymigrate/lazymigrate/lazy"
 )
 
@@ -49,6 +50,7 @@ type (
 		Extra       keysOut `json:"extra"`
 		Resurrected keysOut `json:"resurrected"`
 		Tombstoned  keysOut `json:"tombstoned"`
+		Closed      bool    `json:"closed"`
 	}
 	statusOut struct {
 		TotalKeys   int64   `json:"total_keys"`
@@ -227,7 +229,7 @@ func TestVerifyFindsDifferences(t *testing.T) {
 	}
 	v := decode[verifyOut](t, r)
 	if v.Equal || !slices.Equal(v.Different.Keys, []int64{1234, 4321}) || !slices.Equal(v.Missing.Keys, []int64{2500}) ||
-		!slices.Equal(v.Extra.Keys, []int64{10_001}) || v.Different.Count != 2 || v.Tombstoned.Count != 0 {
+		!slices.Equal(v.Extra.Keys, []int64{10_001}) || v.Different.Count != 2 || v.Tombstoned.Count != 0 || v.Closed {
 		t.Errorf("verify: %+v", v)
 	}
 
@@ -240,6 +242,16 @@ func TestVerifyFindsDifferences(t *testing.T) {
 	// A range that leaves the differences out.
 	if r := b.sweeper(t, "verify", "--from", "1", "--to", "1000"); r.code != 0 {
 		t.Errorf("verify of keys 1..1000: %v", r)
+	}
+
+	// After the purge, a missing key may be one deleted through
+	// lazymigrate: verify says the table is closed.
+	b.pair.New.Exec(t, schema.CloseSQL, "public.accounts", int(schema.DefaultStripeBits))
+	if v := decode[verifyOut](t, b.sweeper(t, "verify", "--json", "--recheck-after", "0")); !v.Closed || v.Missing.Count != 1 {
+		t.Errorf("verify of a closed table: %+v", v)
+	}
+	if r := b.sweeper(t, "verify", "--recheck-after", "0"); !strings.Contains(r.stdout, "the migration of this table is closed") {
+		t.Errorf("verify of a closed table does not say so: %v", r)
 	}
 }
 

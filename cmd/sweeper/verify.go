@@ -234,6 +234,7 @@ type verifyJSON struct {
 	Extra           keysJSON  `json:"extra"`
 	Resurrected     keysJSON  `json:"resurrected"`
 	Tombstoned      keysJSON  `json:"tombstoned"`
+	Closed          bool      `json:"closed"`
 	DurationSeconds float64   `json:"duration_seconds"`
 }
 
@@ -247,6 +248,7 @@ func (c *cli) printReport(r *coldsweep.Report, sh coldsweep.Shard, asJSON bool) 
 			Extra:           listJSON(r.ExtraCount, r.Extra),
 			Resurrected:     listJSON(r.ResurrectedCount, r.Resurrected),
 			Tombstoned:      listJSON(r.TombstonedCount, r.Tombstoned),
+			Closed:          r.Closed,
 			DurationSeconds: r.Duration.Seconds(),
 		})
 	}
@@ -280,6 +282,10 @@ func writeReport(w io.Writer, r *coldsweep.Report, sh coldsweep.Shard) {
 		{"tombstoned", r.TombstonedCount, r.Tombstoned, " (deleted through lazymigrate: expected absent from NEW)"},
 	} {
 		fmt.Fprintf(&b, "  %-12s %s%s\n", kind.name, keyList(kind.count, kind.keys), kind.note)
+	}
+	if r.Closed {
+		b.WriteString("  note: the migration of this table is closed and its tombstones purged; a key deleted\n" +
+			"        through lazymigrate that OLD still holds now shows as missing\n")
 	}
 	_, _ = io.WriteString(w, b.String())
 }

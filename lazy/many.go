@@ -126,7 +126,7 @@ func (r *Repo[T]) getManyIn(ctx context.Context, mode fallback.Mode, ks []int64)
 	case r.skipNew(mode):
 		return r.getManyOld(ctx, ks, out, "old_new_down")
 	}
-	down, err := r.readNew(ctx, mode, func() error {
+	down, err := r.readNew(ctx, mode, func(ctx context.Context) error {
 		clear(out) // rows scanned before a connection broke
 		return queryKeyed(ctx, r.new, r.newManySQL, ks, r.cfg.Scan, out)
 	})

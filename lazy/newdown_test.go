@@ -242,3 +242,48 @@ func TestReadsServedFromOldWhileNewHangs(t *testing.T) {
 		t.Fatalf("reads_total{old_new_down} = %v, want 1", n)
 	}
 }
+
+// A NEW that stops answering on a connection already open (here a lock
+// held on the table, as a DDL would) is down once a read outlasts
+// NewReadTimeout: the read is served from OLD, and the next ones go
+// straight there for NewDownRetry.
+func TestReadsServedFromOldWhileNewStalls(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	if _, err := lazy.New(ctx, b.oldPool, b.newPool, &lazy.Config[Account]{Table: "accounts", NewReadTimeout: time.Second}); err == nil {
+		t.Fatal("NewReadTimeout without ServeOldWhileNewDown: no error")
+	}
+	repo, err := lazy.New(ctx, b.oldPool, b.newPool, &lazy.Config[Account]{Table: "accounts",
+		Copier: b.copier, Tracker: b.tracker, Registerer: b.reg,
+		ServeOldWhileNewDown: true, NewReadTimeout: 200 * time.Millisecond, NewDownRetry: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+
+	lock, err := b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lock.Rollback(ctx) }()
+	if _, err := lock.Exec(ctx, `LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+
+	callerCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if got, err := repo.Get(callerCtx, 3); err != nil || got.ID != 3 {
+		t.Fatalf("Get(3) with NEW stalled = %+v, %v; want OLD's row", got, err)
+	}
+	b.newQueries.Store(0)
+	if got, err := repo.GetMany(callerCtx, []int64{4, 5}); err != nil || len(got) != 2 {
+		t.Fatalf("GetMany(4, 5) with NEW stalled = %v, %v; want OLD's rows", keysOf(got), err)
+	}
+	if n := b.newQueries.Load(); n != 0 {
+		t.Fatalf("NEW down: reads sent %d queries to NEW, want none until NewDownRetry passes", n)
+	}
+	if n := b.metric(t, "lazymigrate_reads_total", "old_new_down"); n != 3 {
+		t.Fatalf("reads_total{old_new_down} = %v, want 3", n)
+	}
+}

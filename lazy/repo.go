@@ -165,11 +165,20 @@ type Config[T any] struct {
 	// first. A NEW that stops answering without refusing is noticed when a
 	// dial outlasts pgx's ConnectTimeout (pgxpool's default is 2 minutes:
 	// set it shorter than the callers' deadlines); reads on connections
-	// already open wait for their callers' deadlines.
+	// already open wait for their callers' deadlines, or NewReadTimeout.
 	ServeOldWhileNewDown bool
 	// NewDownRetry is how long reads go straight to OLD after NEW could
 	// not be reached, before NEW is tried again. Defaults to 1 second.
 	NewDownRetry time.Duration
+	// NewReadTimeout, with ServeOldWhileNewDown, bounds each read of NEW:
+	// one that takes longer is abandoned and NEW counts as down, as if it
+	// could not be reached, so that a NEW that stops answering on
+	// connections already open (a network partition, a lock held on the
+	// table) costs reads NewReadTimeout, not their callers' deadlines. Set
+	// it well above NEW's slowest healthy read: one read past it sends
+	// every read to OLD for NewDownRetry. Defaults to 0: reads of NEW wait
+	// for their callers' deadlines.
+	NewReadTimeout time.Duration
 	// MirrorTimeout bounds the OLD step of a write: past it the write
 	// returns (NEW has committed) and the change is left to a reconcile.
 	// Defaults to 5 seconds.
@@ -247,8 +256,11 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	c.RelayInterval = cmp.Or(c.RelayInterval, time.Second)
 	c.MirrorTimeout = cmp.Or(c.MirrorTimeout, 5*time.Second)
 	c.NewDownRetry = cmp.Or(c.NewDownRetry, time.Second)
-	if c.TrackerTimeout < 0 || c.RelayDelay < 0 || c.RelayInterval < 0 || c.MirrorTimeout < 0 || c.NewDownRetry < 0 {
-		return nil, errors.New("lazy: Config.TrackerTimeout, MirrorTimeout, RelayDelay, RelayInterval and NewDownRetry must not be negative")
+	if c.TrackerTimeout < 0 || c.RelayDelay < 0 || c.RelayInterval < 0 || c.MirrorTimeout < 0 || c.NewDownRetry < 0 || c.NewReadTimeout < 0 {
+		return nil, errors.New("lazy: Config.TrackerTimeout, MirrorTimeout, RelayDelay, RelayInterval, NewDownRetry and NewReadTimeout must not be negative")
+	}
+	if c.NewReadTimeout > 0 && !c.ServeOldWhileNewDown {
+		return nil, errors.New("lazy: Config.NewReadTimeout needs ServeOldWhileNewDown: it decides when NEW is down")
 	}
 	if c.ServeOldWhileNewDown && c.DisableMirror {
 		return nil, errors.New("lazy: Config.ServeOldWhileNewDown needs mirroring: with DisableMirror, OLD lacks every write made in NEW")
@@ -356,7 +368,7 @@ func (r *Repo[T]) get(ctx context.Context, key int64, mode fallback.Mode) (T, st
 		return r.getOldNewDown(ctx, key)
 	}
 	var v T
-	down, err := r.readNew(ctx, mode, func() (err error) {
+	down, err := r.readNew(ctx, mode, func(ctx context.Context) (err error) {
 		v, err = queryOne(ctx, r.new, r.newSQL, key, r.cfg.Scan)
 		return err
 	})
@@ -414,15 +426,26 @@ func (r *Repo[T]) skipNew(mode fallback.Mode) bool {
 // readthrough mode) it runs it again, on another connection, when an open
 // connection broke (a killed backend, a restart): one dead connection in
 // the pool is not NEW being down. down reports that no connection to NEW
-// could be opened; reads then skip NEW for NewDownRetry, and the caller
-// serves OLD.
-func (r *Repo[T]) readNew(ctx context.Context, mode fallback.Mode, read func() error) (down bool, err error) {
+// could be opened, or that the read outlasted NewReadTimeout; reads then
+// skip NEW for NewDownRetry, and the caller serves OLD.
+func (r *Repo[T]) readNew(ctx context.Context, mode fallback.Mode, read func(ctx context.Context) error) (down bool, err error) {
+	guarded := r.cfg.ServeOldWhileNewDown && mode == fallback.ModeReadthrough
 	for try := 0; ; try++ {
-		err = read()
-		if err == nil || !r.cfg.ServeOldWhileNewDown || mode != fallback.ModeReadthrough || ctx.Err() != nil {
+		if guarded && r.cfg.NewReadTimeout > 0 {
+			rctx, cancel := context.WithTimeout(ctx, r.cfg.NewReadTimeout)
+			err = read(rctx)
+			cancel()
+		} else {
+			err = read(ctx)
+		}
+		if err == nil || !guarded || ctx.Err() != nil {
 			return false, err
 		}
-		switch classifyNewFailure(err) {
+		failure := classifyNewFailure(err)
+		if errors.Is(err, context.DeadlineExceeded) && r.cfg.NewReadTimeout > 0 {
+			failure = newUnreachable // NewReadTimeout passed; the caller's deadline has not
+		}
+		switch failure {
 		case newUnreachable:
 			now := time.Now()
 			if prev := r.newDownUntil.Swap(now.Add(r.cfg.NewDownRetry).UnixNano()); prev < now.UnixNano() {

@@ -99,8 +99,9 @@
 // # Shadow reads
 //
 // Before a switch, a [Shadow] tells whether it would change what callers
-// see: lazy.Repo hands it a sample of Get's keys (ShadowConfig.Rate, 1% by
-// default), and a comparison in the background reads each from both
+// see: lazy.Repo hands it a sample of the keys it reads
+// (ShadowConfig.Rate, 1% by default), and a comparison in the background
+// reads each from both
 // databases: after a read served by NEW, OLD must match it, as mirroring
 // keeps it for a rollback; after a read in mode old, NEW must. A
 // difference is read again after RecheckDelay, since a write reaches OLD a

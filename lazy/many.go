@@ -35,6 +35,9 @@ func (r *Repo[T]) GetMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 		outcome = "error"
 	}
 	r.duration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	if err == nil && r.cfg.Shadow != nil {
+		r.shadowMany(ctx, ks)
+	}
 	return out, err
 }
 

@@ -116,15 +116,15 @@ type Config[T any] struct {
 	// while mirroring is on. Usually a *fallback.Switch shared by every
 	// process. Defaults to readthrough, always.
 	Mode ModeSource
-	// Shadow compares, for a sample of Get's keys, what NEW and OLD hold,
+	// Shadow compares, for a sample of the keys read, what NEW and OLD hold,
 	// in the background (see fallback.Shadow): after reads served by NEW,
 	// and after reads in mode old. Records are compared field by field,
 	// with a type's Equal method wherever it has one (as time.Time does).
 	// A key whose change is still in the outbox counts as pending, one NEW
 	// has not received yet as unmigrated. It checks what a switch of mode
 	// would change, so it needs mirroring: without it OLD lacks every
-	// write, and each one is a mismatch. GetMany is not sampled. Call the
-	// Shadow's Close at shutdown. Defaults to none.
+	// write, and each one is a mismatch. GetMany samples each of its keys.
+	// Call the Shadow's Close at shutdown. Defaults to none.
 	Shadow *fallback.Shadow
 	// Copier is the table's promote.Copier. Writes need it: Update and
 	// Migrate promote through it, and Delete takes its lock stripes.

@@ -36,6 +36,29 @@ func (r *Repo[T]) shadow(ctx context.Context, key int64, mode fallback.Mode, out
 	default:
 		return
 	}
+	r.compare(ctx, key, served)
+}
+
+// shadowMany hands a sample of a GetMany's keys to Config.Shadow. Which
+// side served each is not kept: a key OLD served in readthrough is one NEW
+// lacks, which the comparison counts as unmigrated.
+func (r *Repo[T]) shadowMany(ctx context.Context, ks []int64) {
+	p := r.policy()
+	for _, k := range ks {
+		if !r.cfg.Shadow.Sample() {
+			continue
+		}
+		switch mode := p.ModeOf(k); {
+		case r.skipNew(mode):
+		case mode == fallback.ModeOld:
+			r.compare(ctx, k, fallback.ModeOld)
+		default:
+			r.compare(ctx, k, fallback.ModeNew)
+		}
+	}
+}
+
+func (r *Repo[T]) compare(ctx context.Context, key int64, served fallback.Mode) {
 	r.cfg.Shadow.Compare(ctx, key, served, func(ctx context.Context) (string, error) {
 		return r.compareSides(ctx, key)
 	})

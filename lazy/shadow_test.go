@@ -105,6 +105,21 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 	}
 	repo.Close()
 	step("mode new, the write mirrored", 10, "match", "")
+
+	// GetMany samples each key it reads.
+	b.pair.Old.Exec(t, `UPDATE accounts SET name = 'drifted again' WHERE id = 10`)
+	if got, err := repo.GetMany(ctx, []int64{6, 9, 10}); err != nil || len(got) != 2 {
+		t.Fatalf("GetMany(6, 9, 10) in mode new = %v, %v", keysOf(got), err)
+	}
+	sh.Wait()
+	want["match"]++      // 6
+	want["unmigrated"]++ // 9
+	want["mismatch"]++   // 10
+	for o, w := range want {
+		if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", o); got != w {
+			t.Fatalf("after GetMany: shadow_reads_total{outcome=%q} = %v, want %v", o, got, w)
+		}
+	}
 }
 
 // A difference a write mends before the recheck is not a mismatch: the

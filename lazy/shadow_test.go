@@ -15,6 +15,25 @@ import (
 	"github.com/lazymigrate/lazymigrate/lazy"
 )
 
+// testShadow returns a Shadow that compares every read, with a registry of
+// its own, closed when the test ends. cfg may set the rest.
+func testShadow(t *testing.T, cfg fallback.ShadowConfig) (*fallback.Shadow, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg.Rate, cfg.Registerer = 1, reg
+	sh, err := fallback.NewShadow("accounts", &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sh.Close)
+	return sh, reg
+}
+
+func shadowCount(t *testing.T, reg *prometheus.Registry, outcome string) float64 {
+	t.Helper()
+	return testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", outcome)
+}
+
 // Shadow reads compare what Get returned with the other database: a read
 // of NEW with OLD, a read of OLD in mode old with NEW. Each difference a
 // failed mirror can leave is reported; keys not migrated yet are not.
@@ -22,16 +41,8 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t, setupOpts{})
-	reg := prometheus.NewRegistry()
 	var log testenv.SyncBuffer
-	sh, err := fallback.NewShadow("accounts", &fallback.ShadowConfig{
-		Rate: 1, RecheckDelay: time.Millisecond, Registerer: reg,
-		Logger: slog.New(slog.NewTextHandler(&log, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sh.Wait)
+	sh, reg := testShadow(t, fallback.ShadowConfig{RecheckDelay: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	sw, err := fallback.New(nil, "accounts", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +59,7 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 			want[outcome]++
 		}
 		for _, o := range []string{"match", "mismatch", "unmigrated", "error", "busy"} {
-			if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", o); got != want[o] {
+			if got := shadowCount(t, reg, o); got != want[o] {
 				t.Fatalf("%s: shadow_reads_total{outcome=%q} = %v, want %v", what, o, got, want[o])
 			}
 		}
@@ -116,7 +127,7 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 	want["unmigrated"]++ // 9
 	want["mismatch"]++   // 10
 	for o, w := range want {
-		if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", o); got != w {
+		if got := shadowCount(t, reg, o); got != w {
 			t.Fatalf("after GetMany: shadow_reads_total{outcome=%q} = %v, want %v", o, got, w)
 		}
 	}
@@ -128,12 +139,7 @@ func TestShadowRecheckReadsAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t, setupOpts{})
-	reg := prometheus.NewRegistry()
-	sh, err := fallback.NewShadow("accounts", &fallback.ShadowConfig{Rate: 1, RecheckDelay: time.Second, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sh.Close)
+	sh, reg := testShadow(t, fallback.ShadowConfig{RecheckDelay: time.Second})
 	repo := writeRepo(t, b, lazy.Config[Account]{Shadow: sh})
 	if _, err := repo.Put(ctx, 6, account(6, "mirrored")); err != nil {
 		t.Fatal(err)
@@ -153,7 +159,7 @@ func TestShadowRecheckReadsAgain(t *testing.T) {
 	b.pair.Old.Exec(t, `UPDATE accounts SET name = 'mirrored' WHERE id = 6`)
 	sh.Wait()
 	for o, want := range map[string]float64{"match": 1, "mismatch": 0} {
-		if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", o); got != want {
+		if got := shadowCount(t, reg, o); got != want {
 			t.Fatalf("shadow_reads_total{outcome=%q} = %v, want %v", o, got, want)
 		}
 	}
@@ -165,12 +171,7 @@ func TestShadowLeavesTheCallersRecordAlone(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	b := setup(t, setupOpts{})
-	reg := prometheus.NewRegistry()
-	sh, err := fallback.NewShadow("accounts", &fallback.ShadowConfig{Rate: 1, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sh.Close)
+	sh, reg := testShadow(t, fallback.ShadowConfig{})
 	if _, err := b.copier.CopyKeys(ctx, []int64{6}); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +187,7 @@ func TestShadowLeavesTheCallersRecordAlone(t *testing.T) {
 	}
 	a.Name = "changed by the caller"
 	sh.Wait()
-	if got := testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", "match"); got != 1 {
+	if got := shadowCount(t, reg, "match"); got != 1 {
 		t.Fatalf("match = %v, want 1: NEW and OLD hold the same row", got)
 	}
 }

@@ -35,9 +35,6 @@ func (r *Repo[T]) GetMany(ctx context.Context, ks []int64) (map[int64]T, error) 
 		outcome = "error"
 	}
 	r.duration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
-	if err == nil && r.cfg.Shadow != nil {
-		r.shadowMany(ctx, ks)
-	}
 	return out, err
 }
 
@@ -125,13 +122,17 @@ func (r *Repo[T]) getManyIn(ctx context.Context, mode fallback.Mode, ks []int64)
 	out := make(map[int64]T, len(ks))
 	switch {
 	case mode == fallback.ModeOld:
-		return r.getManyOld(ctx, ks, out, "old")
+		out, err := r.getManyOld(ctx, ks, out, "old")
+		if err == nil {
+			r.shadowKeys(ctx, ks, fallback.ModeOld, nil)
+		}
+		return out, err
 	case r.skipNew(mode):
 		return r.getManyOld(ctx, ks, out, "old_new_down")
 	}
-	down, err := r.readNew(ctx, mode, func(ctx context.Context) error {
+	down, err := r.readNew(ctx, mode, func(ctx context.Context, db DB) error {
 		clear(out) // rows scanned before a connection broke
-		return queryKeyed(ctx, r.new, r.newManySQL, ks, r.cfg.Scan, out)
+		return queryKeyed(ctx, db, r.newManySQL, ks, r.cfg.Scan, out)
 	})
 	switch {
 	case down:
@@ -149,10 +150,12 @@ func (r *Repo[T]) getManyIn(ctx context.Context, mode fallback.Mode, ks []int64)
 		}
 	}
 	if len(misses) == 0 {
+		r.shadowKeys(ctx, ks, fallback.ModeNew, nil)
 		return out, nil
 	}
 	if mode == fallback.ModeNew {
 		r.reads.WithLabelValues("not_found").Add(float64(len(misses)))
+		r.shadowKeys(ctx, ks, fallback.ModeNew, nil)
 		return out, nil
 	}
 
@@ -231,6 +234,7 @@ func (r *Repo[T]) getManyIn(ctx context.Context, mode fallback.Mode, ks []int64)
 		r.reads.WithLabelValues("error").Add(float64(unresolved))
 		return out, fmt.Errorf("%w: get %s: %d keys unresolved: %w", ErrOldUnavailable, r.cfg.Table, unresolved, oldErr)
 	}
+	r.shadowKeys(ctx, ks, fallback.ModeNew, promote) // promote: served by OLD
 	return out, nil
 }
 

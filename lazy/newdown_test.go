@@ -287,3 +287,54 @@ func TestReadsServedFromOldWhileNewStalls(t *testing.T) {
 		t.Fatalf("reads_total{old_new_down} = %v, want 3", n)
 	}
 }
+
+// NewReadTimeout is NEW's, not the caller's nor a busy pool's: a caller
+// whose own deadline passes first gets its error, with NEW not counted
+// down; a read that waits longer than NewReadTimeout for a free connection
+// of the pool, then gets its answer at once, is NEW's answer.
+func TestNewReadTimeoutCountsOnlyNew(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, setupOpts{})
+	rgNewRow(t, b, 3)
+	pool := b.pair.New.NewPool(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	repo, err := lazy.New(ctx, b.oldPool, pool, &lazy.Config[Account]{Table: "accounts",
+		Copier: b.copier, Tracker: b.tracker, Registerer: b.reg,
+		ServeOldWhileNewDown: true, NewReadTimeout: time.Second, NewDownRetry: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(repo.Close)
+
+	// The caller's deadline, shorter than NewReadTimeout, while a lock
+	// holds NEW's table.
+	lock, err := b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = repo.Get(short, 3)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get past the caller's deadline = %v, want its DeadlineExceeded", err)
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The pool's only connection is busy for longer than NewReadTimeout.
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(1500*time.Millisecond, conn.Release)
+	if got, err := repo.Get(ctx, 3); err != nil || got.Name != "NEW 3" {
+		t.Fatalf("Get(3) after waiting for the pool = %+v, %v; want NEW's row", got, err)
+	}
+	if n := b.metric(t, "lazymigrate_reads_total", "old_new_down"); n != 0 {
+		t.Fatalf("reads_total{old_new_down} = %v: NEW was counted down", n)
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazymigrate/lazymigrate/fallback"
@@ -123,7 +124,8 @@ type Config[T any] struct {
 	// A key whose change is still in the outbox counts as pending, one NEW
 	// has not received yet as unmigrated. It checks what a switch of mode
 	// would change, so it needs mirroring: without it OLD lacks every
-	// write, and each one is a mismatch. GetMany samples each of its keys.
+	// write, and each one is a mismatch. GetMany samples each of its keys
+	// as Get does: not those OLD served in readthrough, which NEW lacks.
 	// Call the Shadow's Close at shutdown. Defaults to none.
 	Shadow *fallback.Shadow
 	// Copier is the table's promote.Copier. Writes need it: Update and
@@ -160,24 +162,28 @@ type Config[T any] struct {
 	// system of record. Off by default: reads fail with ErrNewUnavailable.
 	//
 	// NEW is down when no connection to it can be opened: a failed dial, or
-	// NEW refusing connections while it starts or stops. A read on a
-	// connection that broke (a killed backend) is tried again on another
-	// first. A NEW that stops answering without refusing is noticed when a
-	// dial outlasts pgx's ConnectTimeout (pgxpool's default is 2 minutes:
-	// set it shorter than the callers' deadlines); reads on connections
-	// already open wait for their callers' deadlines, or NewReadTimeout.
+	// NEW refusing connections while it starts or stops; or, with
+	// NewReadTimeout, when a read outlasts it. A read on a connection that
+	// broke (a killed backend) is tried again on another first. A NEW that
+	// stops answering without refusing is noticed when a dial outlasts
+	// pgx's ConnectTimeout (pgxpool's default is 2 minutes: set it shorter
+	// than the callers' deadlines); reads on connections already open wait
+	// for their callers' deadlines, unless NewReadTimeout is set.
 	ServeOldWhileNewDown bool
 	// NewDownRetry is how long reads go straight to OLD after NEW could
 	// not be reached, before NEW is tried again. Defaults to 1 second.
 	NewDownRetry time.Duration
-	// NewReadTimeout, with ServeOldWhileNewDown, bounds each read of NEW:
-	// one that takes longer is abandoned and NEW counts as down, as if it
-	// could not be reached, so that a NEW that stops answering on
-	// connections already open (a network partition, a lock held on the
-	// table) costs reads NewReadTimeout, not their callers' deadlines. Set
-	// it well above NEW's slowest healthy read: one read past it sends
-	// every read to OLD for NewDownRetry. Defaults to 0: reads of NEW wait
-	// for their callers' deadlines.
+	// NewReadTimeout, with ServeOldWhileNewDown, bounds each read of NEW
+	// (a Get's query, or a GetMany's with its rows, retries on another
+	// connection included): one that takes longer is abandoned and NEW
+	// counts as down, as if it could not be reached, so that a NEW that
+	// stops answering on connections already open (a network partition, a
+	// lock held on the table) costs reads NewReadTimeout, not their
+	// callers' deadlines. Waiting for a free connection of a busy pool does
+	// not count, when NEW is a *pgxpool.Pool. Set it well above NEW's
+	// slowest healthy read, the largest GetMany included: one read past it
+	// sends every read to OLD for NewDownRetry. Defaults to 0: reads of NEW
+	// wait for their callers' deadlines.
 	NewReadTimeout time.Duration
 	// MirrorTimeout bounds the OLD step of a write: past it the write
 	// returns (NEW has committed) and the change is left to a reconcile.
@@ -368,8 +374,8 @@ func (r *Repo[T]) get(ctx context.Context, key int64, mode fallback.Mode) (T, st
 		return r.getOldNewDown(ctx, key)
 	}
 	var v T
-	down, err := r.readNew(ctx, mode, func(ctx context.Context) (err error) {
-		v, err = queryOne(ctx, r.new, r.newSQL, key, r.cfg.Scan)
+	down, err := r.readNew(ctx, mode, func(ctx context.Context, db DB) (err error) {
+		v, err = queryOne(ctx, db, r.newSQL, key, r.cfg.Scan)
 		return err
 	})
 	switch {
@@ -422,27 +428,28 @@ func (r *Repo[T]) skipNew(mode fallback.Mode) bool {
 	return r.cfg.ServeOldWhileNewDown && mode == fallback.ModeReadthrough && time.Now().UnixNano() < r.newDownUntil.Load()
 }
 
-// readNew runs read, a read of NEW. With Config.ServeOldWhileNewDown (in
-// readthrough mode) it runs it again, on another connection, when an open
-// connection broke (a killed backend, a restart): one dead connection in
-// the pool is not NEW being down. down reports that no connection to NEW
-// could be opened, or that the read outlasted NewReadTimeout; reads then
-// skip NEW for NewDownRetry, and the caller serves OLD.
-func (r *Repo[T]) readNew(ctx context.Context, mode fallback.Mode, read func(ctx context.Context) error) (down bool, err error) {
+// readNew runs read, a read of NEW through db. With
+// Config.ServeOldWhileNewDown (in readthrough mode) it runs it again, on
+// another connection, when an open connection broke (a killed backend, a
+// restart): one dead connection in the pool is not NEW being down. down
+// reports that no connection to NEW could be opened, or that the read
+// outlasted NewReadTimeout; reads then skip NEW for NewDownRetry, and the
+// caller serves OLD.
+func (r *Repo[T]) readNew(ctx context.Context, mode fallback.Mode, read func(ctx context.Context, db DB) error) (down bool, err error) {
 	guarded := r.cfg.ServeOldWhileNewDown && mode == fallback.ModeReadthrough
+	bounded := guarded && r.cfg.NewReadTimeout > 0
+	var deadline time.Time // one for the read and its retries
 	for try := 0; ; try++ {
-		if guarded && r.cfg.NewReadTimeout > 0 {
-			rctx, cancel := context.WithTimeout(ctx, r.cfg.NewReadTimeout)
-			err = read(rctx)
-			cancel()
+		if bounded {
+			err = r.readBounded(ctx, &deadline, read)
 		} else {
-			err = read(ctx)
+			err = read(ctx, r.new)
 		}
 		if err == nil || !guarded || ctx.Err() != nil {
 			return false, err
 		}
 		failure := classifyNewFailure(err)
-		if errors.Is(err, context.DeadlineExceeded) && r.cfg.NewReadTimeout > 0 {
+		if bounded && errors.Is(err, context.DeadlineExceeded) {
 			failure = newUnreachable // NewReadTimeout passed; the caller's deadline has not
 		}
 		switch failure {
@@ -460,6 +467,29 @@ func (r *Repo[T]) readNew(ctx context.Context, mode fallback.Mode, read func(ctx
 		}
 		return false, err
 	}
+}
+
+// readBounded runs read by *deadline, which it sets NewReadTimeout ahead
+// when it is zero, on a connection of NEW's pool taken first under ctx
+// alone: a busy pool is not a NEW that stopped answering (a dial that
+// fails still is). With a NEW that is not a pool, the deadline covers the
+// wait for a connection too.
+func (r *Repo[T]) readBounded(ctx context.Context, deadline *time.Time, read func(ctx context.Context, db DB) error) error {
+	db := r.new
+	if pool, ok := r.new.(*pgxpool.Pool); ok {
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Release()
+		db = conn
+	}
+	if deadline.IsZero() {
+		*deadline = time.Now().Add(r.cfg.NewReadTimeout)
+	}
+	rctx, cancel := context.WithDeadline(ctx, *deadline)
+	defer cancel()
+	return read(rctx, db)
 }
 
 // maxBrokenRetries bounds the reads of NEW tried again after a broken

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -39,21 +40,19 @@ func (r *Repo[T]) shadow(ctx context.Context, key int64, mode fallback.Mode, out
 	r.compare(ctx, key, served)
 }
 
-// shadowMany hands a sample of a GetMany's keys to Config.Shadow. Which
-// side served each is not kept: a key OLD served in readthrough is one NEW
-// lacks, which the comparison counts as unmigrated.
-func (r *Repo[T]) shadowMany(ctx context.Context, ks []int64) {
-	p := r.policy()
+// shadowKeys hands a sample of ks, the keys of a GetMany that served
+// sorted and unique, to Config.Shadow, but for those in skip (sorted):
+// keys OLD served in readthrough, which NEW lacks, as Get skips them.
+func (r *Repo[T]) shadowKeys(ctx context.Context, ks []int64, served fallback.Mode, skip []int64) {
+	if r.cfg.Shadow == nil {
+		return
+	}
 	for _, k := range ks {
 		if !r.cfg.Shadow.Sample() {
 			continue
 		}
-		switch mode := p.ModeOf(k); {
-		case r.skipNew(mode):
-		case mode == fallback.ModeOld:
-			r.compare(ctx, k, fallback.ModeOld)
-		default:
-			r.compare(ctx, k, fallback.ModeNew)
+		if _, skipped := slices.BinarySearch(skip, k); !skipped {
+			r.compare(ctx, k, served)
 		}
 	}
 }

@@ -14,7 +14,7 @@ import (
 // always at 100%.
 //
 // Which keys are in the rollout is sticky: each key has a fixed place
-// (see [InRollout]), the same in every process and every table, so that
+// (see [Policy.ModeOf]), the same in every process and every table, so that
 // raising Percent only adds keys, lowering it only removes them, and the
 // keys that went to readthrough first are also the first to go to new.
 type Policy struct {

@@ -17,6 +17,8 @@
 //	                         tombstones, after Redis lost it
 //	sweeper pause            hold every sweeper of a table after its chunks in flight
 //	sweeper resume           let them go on
+//	sweeper mode             show or set the read mode of a table: roll back
+//	                         (--set old), roll out ('readthrough 5%'), finish
 //
 // Connections come from --old-dsn, --new-dsn and --redis, or from the
 // environment: LM_OLD_DSN, LM_NEW_DSN and LM_REDIS_ADDR. 'sweeper help' lists

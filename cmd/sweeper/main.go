@@ -48,6 +48,7 @@ var commands = []command{
 	{"rebuild-tracker", "rebuild the tracker's bitmap from NEW's keys and tombstones", cmdRebuild},
 	{"pause", "hold every sweeper of a table after its chunks in flight", cmdPause},
 	{"resume", "let paused sweepers go on", cmdResume},
+	{"mode", "show or set the read mode of a table (rollback, rollout)", cmdMode},
 }
 
 // run runs the command line args (without the program name) and returns

@@ -133,7 +133,7 @@ func (b *bundle) args(cmd string, extra ...string) []string {
 		args = concat(old, rd, table)
 	case "rebuild-tracker":
 		args = concat(nw, rd, table)
-	case "pause", "resume":
+	case "pause", "resume", "mode":
 		args = concat(rd, table)
 	}
 	return concat([]string{cmd}, args, extra)

@@ -91,11 +91,13 @@ func TestCommandErrors(t *testing.T) {
 
 // The load generator against the service: it holds its rate, every answer
 // carries its source, and the share of NEW climbs as reads promote keys.
+// The rate is one the service holds under -race on two cores while other
+// packages' tests run beside it: at 300/s it fell below 90% there.
 func TestLoad(t *testing.T) {
 	t.Parallel()
 	b := setup(t, 2000, serveConfig{Worker: true})
 	var out bytes.Buffer
-	args := []string{"load", "-addr", b.http.URL, "-duration", "3s", "-rate", "300", "-rows", "2000", "-json"}
+	args := []string{"load", "-addr", b.http.URL, "-duration", "3s", "-rate", "150", "-rows", "2000", "-json"}
 	if err := run(context.Background(), args, &out, &out); err != nil {
 		t.Fatalf("load: %v\n%s", err, out.String())
 	}
@@ -103,9 +105,10 @@ func TestLoad(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("decode the report: %v\n%s", err, out.String())
 	}
-	if rep.Scheduled != 900 || rep.Sent < 800 || rep.Sent > rep.Scheduled || rep.Errors != 0 || rep.NotFound != 0 ||
+	t.Logf("report: %+v", rep)
+	if rep.Scheduled != 450 || rep.Sent < 405 || rep.Sent > rep.Scheduled || rep.Errors != 0 || rep.NotFound != 0 ||
 		rep.FromNew+rep.FromOld != rep.Sent {
-		t.Fatalf("report %+v: want 900 requests scheduled, about as many sent, all answered with a source, no errors", rep)
+		t.Fatalf("report %+v: want 450 requests scheduled, about as many sent, all answered with a source, no errors", rep)
 	}
 	if rep.LastNewShare <= rep.NewShare || rep.LastNewShare < 0.5 || rep.P99 <= 0 || rep.P50 > rep.P99 {
 		t.Errorf("report %+v: want NEW's share to climb above half by the last second, and sane latencies", rep)

@@ -30,15 +30,31 @@ func TestModeShowsAndSets(t *testing.T) {
 		}
 	}
 
+	statusSays := func(want string) {
+		t.Helper()
+		r := b.sweeper(t, "status", "--json")
+		var st struct {
+			ReadMode string `json:"read_mode"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != 0 || st.ReadMode != want {
+			t.Fatalf("status --json: read_mode %q, want %q: %v (%v)", st.ReadMode, want, r, err)
+		}
+	}
+
 	r := b.sweeper(t, "mode")
 	if r.code != 0 || !strings.Contains(r.stdout, "read mode of accounts: not set") {
 		t.Fatalf("mode before any set: %v", r)
 	}
+	statusSays("")
 	r = b.sweeper(t, "mode", "--set", "readthrough 5%")
 	if r.code != 0 || !strings.Contains(r.stdout, "read mode of accounts set to readthrough 5% (was not set)") {
 		t.Fatalf("mode --set 'readthrough 5%%': %v", r)
 	}
 	follows(fallback.Policy{Mode: fallback.ModeReadthrough, Percent: 5})
+	statusSays("readthrough 5%")
+	if r := b.sweeper(t, "status"); r.code != 0 || !strings.Contains(r.stdout, "read mode  readthrough 5%\n") {
+		t.Fatalf("status does not show the read mode: %v", r)
+	}
 
 	r = b.sweeper(t, "mode", "--set", "OLD")
 	if r.code != 0 || !strings.Contains(r.stdout, "set to old (was readthrough 5%)") {
@@ -70,6 +86,7 @@ func TestModeShowsAndSets(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantOneLineError(t, b.sweeper(t, "mode"), "processes keep their last known mode")
+	statusSays("invalid")
 	if r := b.sweeper(t, "mode", "--set", "readthrough"); r.code != 0 || !strings.Contains(r.stdout, "set to readthrough (was an invalid value)") {
 		t.Fatalf("mode --set over an invalid value: %v", r)
 	}

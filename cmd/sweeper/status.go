@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/lazymigrate/lazymigrate/coldsweep"
+	"github.com/lazymigrate/lazymigrate/fallback"
 	"github.com/lazymigrate/lazymigrate/tracker"
 )
 
@@ -16,7 +18,8 @@ const statusHelp = `
 Shows how far a table's migration is: the settled keys of the key range
 (OLD's smallest to largest key, or --from..--to) according to the tracker,
 the state and rate of the sweeps that reported to the same Redis and
---prefix, whether the sweep is paused, and a heatmap of the key range in
+--prefix, whether the sweep is paused, the read mode ('sweeper mode'),
+and a heatmap of the key range in
 which each cell says how much of its keys are settled:
 
   · none   ▁▂▃▄▅▆▇ some, by eighths   █ all
@@ -129,6 +132,10 @@ type statusJSON struct {
 	SettledKeys int64                  `json:"settled_keys"`
 	Percent     float64                `json:"percent"`
 	Paused      bool                   `json:"paused"`
+	// ReadMode is the read policy set for the table under the same prefix
+	// ('sweeper mode'): "" while none is set, "invalid" for a value that
+	// is no policy.
+	ReadMode string `json:"read_mode"`
 	KeysPerSec  float64                `json:"keys_per_sec"` // of the running sweeps
 	RowsPerSec  float64                `json:"rows_per_sec"`
 	Shards      []shardJSON            `json:"shards"`
@@ -217,6 +224,14 @@ func readStatus(ctx context.Context, rdb redis.UniversalClient, tr *tracker.Trac
 	if st.Paused, err = coldsweep.IsPaused(ctx, rdb, f.prefix, f.table); err != nil {
 		return nil, err
 	}
+	switch p, err := readPolicy(ctx, rdb, f.prefix+":mode:"+f.table); {
+	case errors.Is(err, fallback.ErrInvalidMode):
+		st.ReadMode = "invalid"
+	case err != nil:
+		return nil, err
+	case p != nil:
+		st.ReadMode = p.String()
+	}
 	progress, err := coldsweep.LoadProgress(ctx, rdb, f.prefix, f.table)
 	if err != nil {
 		return nil, err
@@ -251,6 +266,14 @@ func writeStatus(c *cli, st *statusJSON) {
 		paused = "yes: sweepers hold until 'sweeper resume'"
 	}
 	row("paused", "%s", paused)
+	switch st.ReadMode {
+	case "":
+		row("read mode", "not set: each process serves its fallback.Config.Default")
+	case "invalid":
+		row("read mode", "an invalid value: processes keep their last mode ('sweeper mode' shows it)")
+	default:
+		row("read mode", "%s", st.ReadMode)
+	}
 	switch {
 	case st.sweep.Shards == 0:
 		row("sweep", "none has reported to this Redis and prefix")

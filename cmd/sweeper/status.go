@@ -126,23 +126,23 @@ func (f *statusFlags) check() error {
 
 // statusJSON is the status, as --json prints it.
 type statusJSON struct {
-	Table       string                 `json:"table"`
-	Range       *keyRange              `json:"range"` // null: no key
-	TotalKeys   int64                  `json:"total_keys"`
-	SettledKeys int64                  `json:"settled_keys"`
-	Percent     float64                `json:"percent"`
-	Paused      bool                   `json:"paused"`
+	Table       string    `json:"table"`
+	Range       *keyRange `json:"range"` // null: no key
+	TotalKeys   int64     `json:"total_keys"`
+	SettledKeys int64     `json:"settled_keys"`
+	Percent     float64   `json:"percent"`
+	Paused      bool      `json:"paused"`
 	// ReadMode is the read policy set for the table under the same prefix
 	// ('sweeper mode'): "" while none is set, "invalid" for a value that
 	// is no policy.
-	ReadMode string `json:"read_mode"`
-	KeysPerSec  float64                `json:"keys_per_sec"` // of the running sweeps
-	RowsPerSec  float64                `json:"rows_per_sec"`
-	Shards      []shardJSON            `json:"shards"`
-	Heatmap     heatmapJSON            `json:"heatmap"`
-	now         time.Time              // when it was read
-	sweep       coldsweep.SweepSummary // for the text output
-	progress    []shardState
+	ReadMode   string                 `json:"read_mode"`
+	KeysPerSec float64                `json:"keys_per_sec"` // of the running sweeps
+	RowsPerSec float64                `json:"rows_per_sec"`
+	Shards     []shardJSON            `json:"shards"`
+	Heatmap    heatmapJSON            `json:"heatmap"`
+	now        time.Time              // when it was read
+	sweep      coldsweep.SweepSummary // for the text output
+	progress   []shardState
 }
 
 type shardJSON struct {

@@ -262,14 +262,7 @@ func TestReadsServedFromOldWhileNewStalls(t *testing.T) {
 	}
 	t.Cleanup(repo.Close)
 
-	lock, err := b.pair.New.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = lock.Rollback(ctx) }()
-	if _, err := lock.Exec(ctx, `LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	defer lockNewTable(t, b)()
 
 	callerCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -308,22 +301,14 @@ func TestNewReadTimeoutCountsOnlyNew(t *testing.T) {
 
 	// The caller's deadline, shorter than NewReadTimeout, while a lock
 	// holds NEW's table.
-	lock, err := b.pair.New.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lock.Exec(ctx, `LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockNewTable(t, b)
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	_, err = repo.Get(short, 3)
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Get past the caller's deadline = %v, want its DeadlineExceeded", err)
 	}
-	if err := lock.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	unlock()
 
 	// The pool's only connection is busy for longer than NewReadTimeout.
 	conn, err := pool.Acquire(ctx)
@@ -337,4 +322,20 @@ func TestNewReadTimeoutCountsOnlyNew(t *testing.T) {
 	if n := b.metric(t, "lazymigrate_reads_total", "old_new_down"); n != 0 {
 		t.Fatalf("reads_total{old_new_down} = %v: NEW was counted down", n)
 	}
+}
+
+// lockNewTable holds NEW's accounts table, as a DDL would, so that every
+// read of it waits, and returns what releases it (safe to call twice).
+func lockNewTable(t *testing.T, b *testBundle) (unlock func()) {
+	t.Helper()
+	ctx := context.Background()
+	lock, err := b.pair.New.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE`); err != nil {
+		_ = lock.Rollback(ctx)
+		t.Fatal(err)
+	}
+	return func() { _ = lock.Rollback(ctx) }
 }

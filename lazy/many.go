@@ -169,9 +169,18 @@ func (r *Repo[T]) getManyIn(ctx context.Context, mode fallback.Mode, ks []int64)
 		tombs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 		tombc <- result[[]int64]{tombs, err}
 	}()
-	bits := askTracker(ctx, r, func(ctx context.Context) ([]bool, error) { return r.cfg.Tracker.Settled(ctx, misses) })
+	ask := func() pending[[]bool] {
+		return askTracker(ctx, r, func(ctx context.Context) ([]bool, error) { return r.cfg.Tracker.Settled(ctx, misses) })
+	}
+	bits := noAnswer[[]bool]()
+	if !r.cfg.SkipTrackerOnReads {
+		bits = ask()
+	}
 	found := make(map[int64]T, len(misses))
 	oldErr := queryKeyed(ctx, r.old, r.oldManySQL, misses, r.cfg.ScanOld, found)
+	if r.cfg.SkipTrackerOnReads && oldUnavailable(oldErr) {
+		bits = ask()
+	}
 
 	tombs := <-tombc
 	if tombs.err != nil {

@@ -106,6 +106,21 @@ type Config[T any] struct {
 	// Scheduler receives the keys served from OLD, for promotion. Defaults
 	// to none: nothing is promoted by reads.
 	Scheduler Scheduler
+	// SkipTrackerOnReads keeps reads from asking the tracker about keys
+	// NEW lacks, while OLD is read; writes still mark it. Tombstones and
+	// the table's closure, checked in NEW, then decide alone whether such a
+	// key is gone, as they do whenever the tracker is slow or down: a key
+	// deleted through lazymigrate still never reads as found. It saves a
+	// Redis round trip per miss, which costs a third of the miss where the
+	// servers share the client's few cores (BENCHMARKS.md), and little
+	// where they are across a network. It gives up two things: a key
+	// settled while absent from OLD (a sweep found none) costs a read of
+	// OLD, which has none either; and OLD's row of a key settled and then
+	// deleted from NEW other than through Delete (plain SQL, not
+	// reconciled) is served, where the tracker would answer not found.
+	// The tracker is still asked when OLD cannot be read, so that settled
+	// keys answer while OLD is down. Defaults to false.
+	SkipTrackerOnReads bool
 	// TrackerTimeout is how long a read waits for the tracker once OLD has
 	// answered. Past it, or when the tracker fails, the read goes on without
 	// it and the tracker is not waited for again for a second. Defaults to
@@ -211,12 +226,14 @@ type Repo[T any] struct {
 	cfg        Config[T]
 	tableID    string
 	newSQL     string // one key, hit path
+	foldSQL    string // one key, with schema.GoneCond when it is missing
 	oldSQL     string
 	newManySQL string // key-prefixed rows for GetMany
 	oldManySQL string
 	tombSQL    string // schema.GoneSQL: tombstoned, or the table closed
 	tombsSQL   string
 
+	misses           missRate     // chooses newSQL or foldSQL
 	trackerDownUntil atomic.Int64 // unix nanos
 	newDownUntil     atomic.Int64 // unix nanos; see Config.ServeOldWhileNewDown
 
@@ -308,8 +325,18 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 
 	r := &Repo[T]{old: oldDB, new: newDB, cfg: c, tableID: nt.ID, log: c.Logger}
 	nk, ok := newKey.Ident(), oldKey.Ident()
-	r.newSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1`, pgtable.Idents(newCols), nt.Ident, nk)
-	r.oldSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1`, pgtable.Idents(oldCols), ot.Ident, ok)
+	// Keys are cast to bigint: a key beyond the column's type (an integer
+	// column) is then not found, where pgx would fail to encode it.
+	r.newSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1::bigint`, pgtable.Idents(newCols), nt.Ident, nk)
+	r.oldSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1::bigint`, pgtable.Idents(oldCols), ot.Ident, ok)
+	// LIMIT 1 stops at the row when there is one: the gone branch runs
+	// only for a key NEW lacks. $2 is cast so that both branches read it
+	// as a bigint, whatever integer type the key column has.
+	nulls := strings.Repeat(", NULL", len(newCols))
+	r.foldSQL = fmt.Sprintf(`SELECT NULL::int, %s FROM %s WHERE %s = $2::bigint
+		UNION ALL SELECT 1%s WHERE %s
+		LIMIT 1`, pgtable.Idents(newCols), nt.Ident, nk, nulls,
+		strings.ReplaceAll(strings.ReplaceAll(schema.GoneCond, "$1", "$1::text"), "$2", "$2::bigint"))
 	r.newManySQL = fmt.Sprintf(`SELECT %s::bigint, %s FROM %s WHERE %s = ANY($1::bigint[])`, nk, pgtable.Idents(newCols), nt.Ident, nk)
 	r.oldManySQL = fmt.Sprintf(`SELECT %s::bigint, %s FROM %s WHERE %s = ANY($1::bigint[])`, ok, pgtable.Idents(oldCols), ot.Ident, ok)
 	r.tombSQL, r.tombsSQL = schema.GoneSQL, schema.GoneKeysSQL
@@ -374,21 +401,31 @@ func (r *Repo[T]) get(ctx context.Context, key int64, mode fallback.Mode) (T, st
 		return r.getOldNewDown(ctx, key)
 	}
 	var v T
+	folded := mode == fallback.ModeReadthrough && r.misses.folded()
 	down, err := r.readNew(ctx, mode, func(ctx context.Context, db DB) (err error) {
-		v, err = queryOne(ctx, db, r.newSQL, key, r.cfg.Scan)
+		if folded {
+			v, err = queryFolded(ctx, db, r.foldSQL, r.tableID, key, r.cfg.Scan)
+		} else {
+			v, err = queryOne(ctx, db, r.newSQL, key, r.cfg.Scan)
+		}
 		return err
 	})
+	if mode == fallback.ModeReadthrough && (err == nil || errors.Is(err, pgx.ErrNoRows)) {
+		r.misses.observe(err != nil)
+	}
 	switch {
 	case err == nil:
 		return v, "new", nil
 	case down:
 		return r.getOldNewDown(ctx, key)
+	case errors.Is(err, errGone):
+		return zero, "not_found", r.notFound(key)
 	case !errors.Is(err, pgx.ErrNoRows):
 		return zero, "error", r.newErr(key, err)
 	case mode == fallback.ModeNew:
 		return zero, "not_found", r.notFound(key)
 	}
-	return r.fallback(ctx, key)
+	return r.fallback(ctx, key, folded)
 }
 
 func (r *Repo[T]) modeOf(key int64) fallback.Mode {
@@ -554,20 +591,34 @@ func (r *Repo[T]) getOldNewDown(ctx context.Context, key int64) (T, string, erro
 	return v, outcome, err
 }
 
-// fallback resolves a key NEW did not have. The tombstone and the tracker
-// are asked while OLD is read, so a miss costs about one OLD query more
-// than a hit. OLD is read on this goroutine: measured on a 2-core machine,
-// that beats handing it to another.
-func (r *Repo[T]) fallback(ctx context.Context, key int64) (T, string, error) {
+// fallback resolves a key NEW did not have. Unless the read of NEW folded
+// it in (notGone), the tombstone is asked while OLD is read, as is the
+// tracker (see Config.SkipTrackerOnReads), so a miss costs about one OLD
+// query more than a hit. OLD is read on this goroutine: measured on a
+// 2-core machine, that beats handing it to another.
+func (r *Repo[T]) fallback(ctx context.Context, key int64, notGone bool) (T, string, error) {
 	var zero T
 	tombc := make(chan result[bool], 1)
-	go func() {
-		var tomb bool
-		err := r.new.QueryRow(ctx, r.tombSQL, r.tableID, key).Scan(&tomb)
-		tombc <- result[bool]{tomb, err}
-	}()
-	bit := askTracker(ctx, r, func(ctx context.Context) (bool, error) { return r.cfg.Tracker.IsSettled(ctx, key) })
+	if notGone {
+		tombc <- result[bool]{}
+	} else {
+		go func() {
+			var tomb bool
+			err := r.new.QueryRow(ctx, r.tombSQL, r.tableID, key).Scan(&tomb)
+			tombc <- result[bool]{tomb, err}
+		}()
+	}
+	ask := func() pending[bool] {
+		return askTracker(ctx, r, func(ctx context.Context) (bool, error) { return r.cfg.Tracker.IsSettled(ctx, key) })
+	}
+	bit := noAnswer[bool]()
+	if !r.cfg.SkipTrackerOnReads {
+		bit = ask()
+	}
 	v, oldErr := queryOne(ctx, r.old, r.oldSQL, key, r.cfg.ScanOld)
+	if r.cfg.SkipTrackerOnReads && oldUnavailable(oldErr) {
+		bit = ask()
+	}
 
 	tomb := <-tombc
 	switch {

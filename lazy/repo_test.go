@@ -49,6 +49,7 @@ type setupOpts struct {
 	trackerRDB  redis.UniversalClient // tracker client, default the test's Redis
 	enqueueRDB  redis.UniversalClient // asynq client, default the test's Redis
 	trackerWait time.Duration
+	skipTracker bool // Config.SkipTrackerOnReads
 }
 
 // setup gives OLD accounts [1, 101), an empty NEW, a tracker, an enqueuer
@@ -93,11 +94,12 @@ func setup(t *testing.T, o setupOpts) *testBundle {
 	b.oldPool = countingPool(t, p.Old, b.oldQueries)
 	b.newPool = countingPool(t, p.New, b.newQueries)
 	b.repo, err = lazy.New(ctx, b.oldPool, b.newPool, &lazy.Config[Account]{
-		Table:          "accounts",
-		Tracker:        b.tracker,
-		Scheduler:      b.enqueuer,
-		Registerer:     b.reg,
-		TrackerTimeout: o.trackerWait,
+		Table:              "accounts",
+		Tracker:            b.tracker,
+		Scheduler:          b.enqueuer,
+		Registerer:         b.reg,
+		TrackerTimeout:     o.trackerWait,
+		SkipTrackerOnReads: o.skipTracker,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -46,6 +46,41 @@ func queryOne[T any](ctx context.Context, db DB, sql string, key int64, scan pgx
 	return v, rows.Err()
 }
 
+// errGone is queryFolded's answer for a key NEW lacks that is gone for
+// good (tombstoned, or the table closed).
+var errGone = fmt.Errorf("gone: %w", pgx.ErrNoRows)
+
+// queryFolded runs sql, a Repo's foldSQL, for key: its row, scanned past
+// the leading gone column, which is NULL on it; or errGone when the gone
+// branch answered; or pgx.ErrNoRows when neither did.
+func queryFolded[T any](ctx context.Context, db DB, sql, tableID string, key int64, scan pgx.RowToFunc[T]) (T, error) {
+	var zero T
+	rows, err := db.Query(ctx, sql, tableID, key)
+	if err != nil {
+		return zero, err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return zero, err
+		}
+		return zero, pgx.ErrNoRows
+	}
+	if rows.RawValues()[0] != nil {
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return zero, err
+		}
+		return zero, errGone
+	}
+	v, err := scan(&colsView{Rows: rows, lo: 1, hi: len(rows.FieldDescriptions())})
+	if err != nil {
+		return zero, scanError{err}
+	}
+	rows.Close()
+	return v, rows.Err()
+}
+
 // queryKeyed runs sql, whose first column is the key as bigint, and scans
 // the rest of each row into out[key].
 func queryKeyed[T any](ctx context.Context, db DB, sql string, ks []int64, scan pgx.RowToFunc[T], out map[int64]T) error {

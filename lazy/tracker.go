@@ -2,7 +2,10 @@ package lazy
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 type result[T any] struct {
@@ -21,7 +24,7 @@ type pending[V any] struct {
 // awaitTracker cancels, so that it never outlives the read.
 func askTracker[T, V any](ctx context.Context, r *Repo[T], q func(context.Context) (V, error)) pending[V] {
 	if r.cfg.Tracker == nil || time.Now().UnixNano() < r.trackerDownUntil.Load() {
-		return pending[V]{cancel: func() {}}
+		return noAnswer[V]()
 	}
 	qctx, cancel := context.WithCancel(ctx)
 	c := make(chan result[V], 1)
@@ -30,6 +33,15 @@ func askTracker[T, V any](ctx context.Context, r *Repo[T], q func(context.Contex
 		c <- result[V]{v, err}
 	}()
 	return pending[V]{c: c, cancel: cancel}
+}
+
+// noAnswer is a tracker query never asked.
+func noAnswer[V any]() pending[V] { return pending[V]{cancel: func() {}} }
+
+// oldUnavailable reports whether err, from a read of OLD, leaves unknown
+// whether the keys exist there.
+func oldUnavailable(err error) bool {
+	return err != nil && !errors.Is(err, pgx.ErrNoRows) && !isScanError(err)
 }
 
 // awaitTracker waits at most TrackerTimeout for the answer of askTracker; ok

@@ -68,7 +68,11 @@ var statements = []string{
 // any key at all once the table's migration is closed, when tombstones are
 // purged and OLD may still hold deleted rows. Reads fall back to OLD only
 // for a key that is not gone.
-const GoneSQL = `SELECT EXISTS (SELECT 1 FROM lazymigrate.tombstones WHERE table_name = $1 AND key = $2)
+const GoneSQL = `SELECT ` + GoneCond
+
+// GoneCond is GoneSQL's condition, for statements that fold it into a
+// read of NEW. $1 is text and $2 bigint.
+const GoneCond = `EXISTS (SELECT 1 FROM lazymigrate.tombstones WHERE table_name = $1 AND key = $2)
 	OR ` + ClosedSQL
 
 // GoneKeysSQL returns the keys among $2 (bigint[]) of the table $1 that are

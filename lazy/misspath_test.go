@@ -8,20 +8,25 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
 	"github.com/lazymigrate/lazymigrate/lazy"
 	"github.com/lazymigrate/lazymigrate/promote"
 )
 
+func shapeName(folded bool) string {
+	if folded {
+		return "folded"
+	}
+	return "plain"
+}
+
 // Get reads NEW with one of two statements, the plain query or one that
 // folds in the tombstone check; each must answer every kind of key alike.
 func TestGetAnswersAlikeInBothShapes(t *testing.T) {
 	t.Parallel()
 	for _, folded := range []bool{false, true} {
-		name := map[bool]string{false: "plain", true: "folded"}[folded]
-		t.Run(name, func(t *testing.T) {
+		t.Run(shapeName(folded), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			b := setup(t, setupOpts{})
@@ -149,13 +154,10 @@ func TestFoldedReadOfAnIntegerKeyWithCustomScan(t *testing.T) {
 func TestSkipTrackerOnReads(t *testing.T) {
 	t.Parallel()
 	for _, folded := range []bool{false, true} {
-		t.Run(map[bool]string{false: "plain", true: "folded"}[folded], func(t *testing.T) {
+		t.Run(shapeName(folded), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			hook := &redisCounter{}
-			trackerRDB := redis.NewClient(&redis.Options{Addr: testenvRedisAddr(t)})
-			trackerRDB.AddHook(hook)
-			t.Cleanup(func() { _ = trackerRDB.Close() })
+			trackerRDB, hook := countingRedis(t)
 			b := setup(t, setupOpts{trackerRDB: trackerRDB, skipTracker: true})
 			b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key) VALUES ('public.accounts', 2)`)
 			if _, err := b.tracker.Mark(ctx, []int64{11}); err != nil {

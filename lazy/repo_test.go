@@ -193,10 +193,7 @@ func (b *testBundle) metric(t *testing.T, name, outcome string) float64 {
 func TestGetHitServesNewWithoutRedisOrOld(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	hook := &redisCounter{}
-	trackerRDB := redis.NewClient(&redis.Options{Addr: testenvRedisAddr(t)})
-	trackerRDB.AddHook(hook)
-	t.Cleanup(func() { _ = trackerRDB.Close() })
+	trackerRDB, hook := countingRedis(t)
 	b := setup(t, setupOpts{trackerRDB: trackerRDB})
 	b.pair.New.Exec(t, `INSERT INTO accounts VALUES (7, 'new@example.com', 'In NEW', 1, 'active', now(), now())`)
 
@@ -219,6 +216,17 @@ func TestGetHitServesNewWithoutRedisOrOld(t *testing.T) {
 	if got := b.metric(t, "lazymigrate_reads_total", "new"); got != 1 {
 		t.Fatalf("reads_total{outcome=new} = %v, want 1", got)
 	}
+}
+
+// countingRedis returns a client of the test Redis whose commands hook
+// counts.
+func countingRedis(t *testing.T) (*redis.Client, *redisCounter) {
+	t.Helper()
+	hook := &redisCounter{}
+	rdb := redis.NewClient(&redis.Options{Addr: testenvRedisAddr(t)})
+	rdb.AddHook(hook)
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb, hook
 }
 
 func testenvRedisAddr(t *testing.T) string {

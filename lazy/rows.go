@@ -26,24 +26,7 @@ func isScanError(err error) bool {
 // queryOne runs sql for key and scans its row; pgx.ErrNoRows when there is
 // none.
 func queryOne[T any](ctx context.Context, db DB, sql string, key int64, scan pgx.RowToFunc[T]) (T, error) {
-	var zero T
-	rows, err := db.Query(ctx, sql, key)
-	if err != nil {
-		return zero, err
-	}
-	defer rows.Close()
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return zero, err
-		}
-		return zero, pgx.ErrNoRows
-	}
-	v, err := scan(rows)
-	if err != nil {
-		return zero, scanError{err}
-	}
-	rows.Close()
-	return v, rows.Err()
+	return queryRow(ctx, db, sql, []any{key}, false, scan)
 }
 
 // errGone is queryFolded's answer for a key NEW lacks that is gone for
@@ -54,8 +37,14 @@ var errGone = fmt.Errorf("gone: %w", pgx.ErrNoRows)
 // the leading gone column, which is NULL on it; or errGone when the gone
 // branch answered; or pgx.ErrNoRows when neither did.
 func queryFolded[T any](ctx context.Context, db DB, sql, tableID string, key int64, scan pgx.RowToFunc[T]) (T, error) {
+	return queryRow(ctx, db, sql, []any{tableID, key}, true, scan)
+}
+
+// queryRow runs sql and scans its first row, past a leading gone column
+// when folded (see queryFolded).
+func queryRow[T any](ctx context.Context, db DB, sql string, args []any, folded bool, scan pgx.RowToFunc[T]) (T, error) {
 	var zero T
-	rows, err := db.Query(ctx, sql, tableID, key)
+	rows, err := db.Query(ctx, sql, args...)
 	if err != nil {
 		return zero, err
 	}
@@ -66,14 +55,18 @@ func queryFolded[T any](ctx context.Context, db DB, sql, tableID string, key int
 		}
 		return zero, pgx.ErrNoRows
 	}
-	if rows.RawValues()[0] != nil {
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return zero, err
+	var row pgx.CollectableRow = rows
+	if folded {
+		if rows.RawValues()[0] != nil {
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return zero, err
+			}
+			return zero, errGone
 		}
-		return zero, errGone
+		row = &colsView{Rows: rows, lo: 1, hi: len(rows.FieldDescriptions())}
 	}
-	v, err := scan(&colsView{Rows: rows, lo: 1, hi: len(rows.FieldDescriptions())})
+	v, err := scan(row)
 	if err != nil {
 		return zero, scanError{err}
 	}

@@ -211,3 +211,50 @@ func TestSkipTrackerOnReadsWithOldDown(t *testing.T) {
 		t.Errorf("GetMany err = %v, want only unsettled key 12 unresolved", err)
 	}
 }
+
+// A Scan with more or fewer destinations than the columns is an error in
+// every read, as pgx makes it one in the plain read: the folded read and
+// GetMany, which show Scan a view of their rows, filled such a record in
+// part, or from the wrong columns, and said nothing.
+func TestScanOfTheWrongWidthFailsInEveryRead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	testenv.SeedAccounts(t, p.Old, 1, 3)
+	testenv.SeedAccounts(t, p.New, 1, 2)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	type wide struct { // one field more than the seven columns
+		Account
+		Extra string
+	}
+	scans := map[string]pgx.RowToFunc[Account]{
+		"six destinations": func(row pgx.CollectableRow) (Account, error) {
+			var a Account
+			err := row.Scan(&a.ID, &a.Email, &a.Name, &a.BalanceCents, &a.Status, &a.CreatedAt)
+			return a, err
+		},
+		"eight fields by position": func(row pgx.CollectableRow) (Account, error) {
+			w, err := pgx.RowToStructByPos[wide](row)
+			return w.Account, err
+		},
+	}
+	for name, scan := range scans {
+		repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[Account]{Table: "accounts", Scan: scan})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, folded := range []bool{false, true} {
+			lazy.FoldReads(repo, folded)
+			for _, k := range []int64{1, 2} { // in NEW; only in OLD
+				if got, err := repo.Get(ctx, k); err == nil {
+					t.Errorf("%s, %s: Get(%d) = %+v, nil; want a scan error", name, shapeName(folded), k, got)
+				}
+			}
+		}
+		if got, err := repo.GetMany(ctx, []int64{1, 2}); err == nil {
+			t.Errorf("%s: GetMany = %v, nil; want a scan error", name, keysOf(got))
+		}
+	}
+}

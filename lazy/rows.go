@@ -130,6 +130,12 @@ func (r *colsView) Scan(dest ...any) error {
 			return rs.ScanRow(r)
 		}
 	}
+	// pgx refuses a destination count other than the row's; so must the
+	// view, or a record type that lost track of the columns would be
+	// filled in part, or in full from the wrong columns.
+	if len(dest) != r.hi-r.lo {
+		return fmt.Errorf("number of field descriptions must equal number of destinations, got %d and %d", r.hi-r.lo, len(dest))
+	}
 	all := make([]any, len(r.Rows.FieldDescriptions())) // nil skips a column
 	copy(all[r.lo:], dest)
 	return r.Rows.Scan(all...)

@@ -45,6 +45,7 @@ func remote(b *testing.B, p *testenv.Pair, rtt time.Duration) (oldDB, newDB *pgx
 // BenchmarkGet compares Repo.Get with hand-written pgx on the same pools:
 //
 //   - Hit: a key in NEW, against the same query run with pgx alone.
+//     HitFolded reads it with the statement misses get.
 //   - Miss: a key only in OLD, against "query NEW, then query OLD". The
 //     repo also checks the tombstone (folded into the read of NEW, once
 //     the misses have outnumbered one read in ten) and the tracker, and
@@ -109,6 +110,28 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		pair(b,
 			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
 			func(i int) error { _, err := repo.Get(ctx, ks[i]); return err })
+	})
+
+	// The same hits read with the folded statement, as while more than one
+	// read in ten misses (FoldReads before each, since a window of hits
+	// would go back to the plain one).
+	foldRepo, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("HitFolded", func(b *testing.B) {
+		r := rand.New(rand.NewPCG(15, 16))
+		ks := make([]int64, b.N)
+		for i := range ks {
+			ks[i] = 1 + r.Int64N(benchRows/2)
+		}
+		pair(b,
+			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
+			func(i int) error {
+				lazy.FoldReads(foldRepo, true)
+				_, err := foldRepo.Get(ctx, ks[i])
+				return err
+			})
 	})
 
 	// The same hits with shadow reads at their default rate: one read in a

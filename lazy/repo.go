@@ -372,9 +372,9 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 }
 
 // Get returns the record with key. It reads NEW; on a miss it reads OLD
-// unless the key is settled (tombstoned, or settled in the tracker) or the
-// table's migration is closed (see PurgeTombstones), and schedules
-// promotion of a key found in OLD. Errors wrap ErrNotFound,
+// unless the key is tombstoned, or settled in the tracker (unless
+// Config.SkipTrackerOnReads), or the table's migration is closed (see
+// PurgeTombstones), and schedules promotion of a key found in OLD. Errors wrap ErrNotFound,
 // ErrInvalidKey, ErrOldUnavailable or ErrNewUnavailable; an error from
 // Config.Scan is returned as it is.
 func (r *Repo[T]) Get(ctx context.Context, key int64) (T, error) {

@@ -17,7 +17,16 @@ import "sync/atomic"
 // off above about one miss in ten (BENCHMARKS.md); over a network, where
 // the tombstone query overlaps the read of OLD, it costs little either way.
 // Early in a migration most reads miss and take the folded statement;
-// once the hot keys have moved, hits take the plain one.
+// once the hot keys have moved, hits take the plain one. Every miss counts,
+// keys in neither database and deleted ones too, since the fold saves each
+// of them a query: a workload that keeps asking for absent keys, one read
+// in ten or more, keeps the folded statement, and its hits keep paying
+// for it.
+//
+// The folded statement names lazymigrate's tombstones and tables, and
+// Postgres locks every relation a statement names, branch run or not: a
+// lock that excludes readers on either (VACUUM FULL, ALTER TABLE) holds
+// back folded hits too.
 type missRate struct {
 	reads, misses atomic.Uint32
 	fold          atomic.Bool

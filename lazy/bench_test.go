@@ -101,15 +101,25 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		return pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[Account])
 	}
 
-	b.Run("Hit", func(b *testing.B) {
-		r := rand.New(rand.NewPCG(1, 2))
+	// keysIn returns b.N random keys in [lo, lo+n), from seed.
+	keysIn := func(b *testing.B, seed uint64, lo, n int64) []int64 {
+		r := rand.New(rand.NewPCG(seed, seed+1))
 		ks := make([]int64, b.N)
 		for i := range ks {
-			ks[i] = 1 + r.Int64N(benchRows/2)
+			ks[i] = lo + r.Int64N(n)
 		}
+		return ks
+	}
+	// hits times get against the raw query, on keys NEW holds.
+	hits := func(b *testing.B, seed uint64, get func(key int64) error) {
+		ks := keysIn(b, seed, 1, benchRows/2)
 		pair(b,
 			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
-			func(i int) error { _, err := repo.Get(ctx, ks[i]); return err })
+			func(i int) error { return get(ks[i]) })
+	}
+
+	b.Run("Hit", func(b *testing.B) {
+		hits(b, 1, func(k int64) error { _, err := repo.Get(ctx, k); return err })
 	})
 
 	// The same hits read with the folded statement, as while more than one
@@ -120,18 +130,11 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		b.Fatal(err)
 	}
 	b.Run("HitFolded", func(b *testing.B) {
-		r := rand.New(rand.NewPCG(15, 16))
-		ks := make([]int64, b.N)
-		for i := range ks {
-			ks[i] = 1 + r.Int64N(benchRows/2)
-		}
-		pair(b,
-			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
-			func(i int) error {
-				lazy.FoldReads(foldRepo, true)
-				_, err := foldRepo.Get(ctx, ks[i])
-				return err
-			})
+		hits(b, 15, func(k int64) error {
+			lazy.FoldReads(foldRepo, true)
+			_, err := foldRepo.Get(ctx, k)
+			return err
+		})
 	})
 
 	// The same hits with shadow reads at their default rate: one read in a
@@ -147,14 +150,7 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		b.Fatal(err)
 	}
 	b.Run("HitWithShadow", func(b *testing.B) {
-		r := rand.New(rand.NewPCG(13, 14))
-		ks := make([]int64, b.N)
-		for i := range ks {
-			ks[i] = 1 + r.Int64N(benchRows/2)
-		}
-		pair(b,
-			func(i int) error { _, err := rawGet(newDB, ks[i]); return err },
-			func(i int) error { _, err := shadowRepo.Get(ctx, ks[i]); return err })
+		hits(b, 13, func(k int64) error { _, err := shadowRepo.Get(ctx, k); return err })
 		sh.Wait()
 	})
 
@@ -170,11 +166,7 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		b.Fatal(err)
 	}
 	b.Run("HitCustomScan", func(b *testing.B) {
-		r := rand.New(rand.NewPCG(3, 4))
-		ks := make([]int64, b.N)
-		for i := range ks {
-			ks[i] = 1 + r.Int64N(benchRows/2)
-		}
+		ks := keysIn(b, 3, 1, benchRows/2)
 		pair(b,
 			func(i int) error {
 				var a Account
@@ -190,17 +182,13 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		_, err := rawGet(oldDB, key)
 		return err
 	}
-	missKeys := func(b *testing.B, seed uint64) []int64 {
-		r := rand.New(rand.NewPCG(seed, seed+1))
-		ks := make([]int64, b.N)
-		for i := range ks {
-			ks[i] = benchRows/2 + 1 + r.Int64N(benchRows/2)
-		}
-		return ks
+	// misses times get against rawMiss, on keys only OLD holds.
+	misses := func(b *testing.B, seed uint64, get func(key int64) error) {
+		ks := keysIn(b, seed, benchRows/2+1, benchRows/2)
+		pair(b, func(i int) error { return rawMiss(ks[i]) }, func(i int) error { return get(ks[i]) })
 	}
 	b.Run("Miss", func(b *testing.B) {
-		ks := missKeys(b, 5)
-		pair(b, func(i int) error { return rawMiss(ks[i]) }, func(i int) error { _, err := repo.Get(ctx, ks[i]); return err })
+		misses(b, 5, func(k int64) error { _, err := repo.Get(ctx, k); return err })
 	})
 
 	// With SkipTrackerOnReads a miss checks only the tombstone, folded into
@@ -211,8 +199,7 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		b.Fatal(err)
 	}
 	b.Run("MissSkipTracker", func(b *testing.B) {
-		ks := missKeys(b, 9)
-		pair(b, func(i int) error { return rawMiss(ks[i]) }, func(i int) error { _, err := skipTracker.Get(ctx, ks[i]); return err })
+		misses(b, 9, func(k int64) error { _, err := skipTracker.Get(ctx, k); return err })
 	})
 
 	b.Run("GetMany100", func(b *testing.B) {

@@ -231,6 +231,7 @@ type Repo[T any] struct {
 	newManySQL string // key-prefixed rows for GetMany
 	oldManySQL string
 	tombSQL    string // schema.GoneSQL: tombstoned, or the table closed
+	maxKey     int64  // the largest key writes can store: both key columns' types
 	tombsSQL   string
 
 	misses           missRate     // chooses newSQL or foldSQL
@@ -323,7 +324,10 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 		return nil, fmt.Errorf("lazy: Config.OldColumns: OLD %w", err)
 	}
 
-	r := &Repo[T]{old: oldDB, new: newDB, cfg: c, tableID: nt.ID, log: c.Logger}
+	r := &Repo[T]{old: oldDB, new: newDB, cfg: c, tableID: nt.ID, log: c.Logger, maxKey: newKey.MaxKey()}
+	if !c.DisableMirror {
+		r.maxKey = min(r.maxKey, oldKey.MaxKey()) // a key OLD cannot hold could never be mirrored
+	}
 	nk, ok := newKey.Ident(), oldKey.Ident()
 	// Keys are cast to bigint: a key beyond the column's type (an integer
 	// column) is then not found, where pgx would fail to encode it.

@@ -315,6 +315,10 @@ func (r *Repo[T]) writable(key int64) error {
 	if err := keys.Check(key); err != nil {
 		return fmt.Errorf("lazy: write %s: %w", r.cfg.Table, err)
 	}
+	if key > r.maxKey {
+		return fmt.Errorf("lazy: write %s: %w (got %d, past %d, the largest the key column's type holds)",
+			r.cfg.Table, ErrInvalidKey, key, r.maxKey)
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -740,5 +741,63 @@ func TestPutTxDataErrorIsNotAnOutage(t *testing.T) {
 	err = repo.PutTx(ctx, tx, 11, a)
 	if err == nil || errors.Is(err, lazy.ErrNewUnavailable) {
 		t.Fatalf("PutTx of a row NEW refuses: err = %v, want a data error, not ErrNewUnavailable", err)
+	}
+}
+
+// A key past what the key column's type holds (an integer column; OLD's
+// too when writes are mirrored) is an invalid key for every write, and
+// nothing is written. It read as NEW being unavailable: pgx failed to
+// encode it.
+func TestWritesRefuseAKeyPastTheKeyColumnsType(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := testenv.NewPair(t)
+	p.New.Exec(t, `CREATE TABLE items (id bigint PRIMARY KEY, label text)`)
+	p.Old.Exec(t, `CREATE TABLE items (id integer PRIMARY KEY, label text)`)
+	if err := promote.Setup(ctx, p.New.Pool); err != nil {
+		t.Fatal(err)
+	}
+	type item struct {
+		ID    int64
+		Label string
+	}
+	cp, err := promote.NewCopier(ctx, p.Old.Pool, p.New.Pool, &promote.CopierConfig{Table: "items"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mirrored := range []bool{true, false} {
+		repo, err := lazy.New(ctx, p.Old.Pool, p.New.Pool, &lazy.Config[item]{Table: "items", Copier: cp, DisableMirror: !mirrored})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(repo.Close)
+		past := int64(math.MaxInt32) + 1 // OLD's integer cannot hold it
+		if !mirrored {
+			past = -1 // NEW's bigint holds every other key
+		}
+		writes := map[string]func() error{
+			"Put":     func() error { _, err := repo.Put(ctx, past, item{past, "x"}); return err },
+			"Update":  func() error { _, err := repo.Update(ctx, past, func(*item) error { return nil }); return err },
+			"Delete":  func() error { return repo.Delete(ctx, past) },
+			"Migrate": func() error { return repo.Migrate(ctx, past) },
+		}
+		for name, write := range writes {
+			if err := write(); !errors.Is(err, lazy.ErrInvalidKey) || errors.Is(err, lazy.ErrNewUnavailable) {
+				t.Errorf("mirrored %v: %s(%d) err = %v, want ErrInvalidKey", mirrored, name, past, err)
+			}
+		}
+		if !mirrored {
+			big := int64(math.MaxInt32) + 1
+			if _, err := repo.Put(ctx, big, item{big, "only NEW"}); err != nil {
+				t.Errorf("unmirrored Put(%d), which NEW's bigint holds: %v", big, err)
+			}
+		}
+	}
+	var n int
+	if err := p.New.Pool.QueryRow(ctx, `SELECT count(*) FROM items WHERE id <= 2147483647`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("NEW holds %d rows of refused writes (%v), want 0", n, err)
+	}
+	if err := p.New.Pool.QueryRow(ctx, `SELECT count(*) FROM lazymigrate.tombstones`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("NEW holds %d tombstones of refused deletes (%v), want 0", n, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -150,6 +151,18 @@ func (t *Table) Select(names []string) ([]Column, error) {
 
 // integer type OIDs: int2, int4, int8.
 var integerOIDs = []uint32{21, 23, 20}
+
+// MaxKey returns the largest key an integer column holds: that of smallint,
+// integer or bigint.
+func (c Column) MaxKey() int64 {
+	switch c.TypeOID {
+	case 21:
+		return math.MaxInt16
+	case 23:
+		return math.MaxInt32
+	}
+	return math.MaxInt64
+}
 
 // CheckKey returns an error wrapping ErrBadKey unless column name exists and
 // has an integer type. With unique set, it must also carry a unique index of

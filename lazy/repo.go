@@ -231,8 +231,8 @@ type Repo[T any] struct {
 	newManySQL string // key-prefixed rows for GetMany
 	oldManySQL string
 	tombSQL    string // schema.GoneSQL: tombstoned, or the table closed
-	maxKey     int64  // the largest key writes can store: both key columns' types
 	tombsSQL   string
+	maxKey     int64 // the largest key writes can store: both key columns' types
 
 	misses           missRate     // chooses newSQL or foldSQL
 	trackerDownUntil atomic.Int64 // unix nanos
@@ -334,13 +334,11 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 	r.newSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1::bigint`, pgtable.Idents(newCols), nt.Ident, nk)
 	r.oldSQL = fmt.Sprintf(`SELECT %s FROM %s WHERE %s = $1::bigint`, pgtable.Idents(oldCols), ot.Ident, ok)
 	// LIMIT 1 stops at the row when there is one: the gone branch runs
-	// only for a key NEW lacks. $2 is cast so that both branches read it
-	// as a bigint, whatever integer type the key column has.
-	nulls := strings.Repeat(", NULL", len(newCols))
+	// only for a key NEW lacks. The first column is NULL on the row, 1 on
+	// the gone branch's answer.
 	r.foldSQL = fmt.Sprintf(`SELECT NULL::int, %s FROM %s WHERE %s = $2::bigint
 		UNION ALL SELECT 1%s WHERE %s
-		LIMIT 1`, pgtable.Idents(newCols), nt.Ident, nk, nulls,
-		strings.ReplaceAll(strings.ReplaceAll(schema.GoneCond, "$1", "$1::text"), "$2", "$2::bigint"))
+		LIMIT 1`, pgtable.Idents(newCols), nt.Ident, nk, strings.Repeat(", NULL", len(newCols)), schema.GoneCond)
 	r.newManySQL = fmt.Sprintf(`SELECT %s::bigint, %s FROM %s WHERE %s = ANY($1::bigint[])`, nk, pgtable.Idents(newCols), nt.Ident, nk)
 	r.oldManySQL = fmt.Sprintf(`SELECT %s::bigint, %s FROM %s WHERE %s = ANY($1::bigint[])`, ok, pgtable.Idents(oldCols), ot.Ident, ok)
 	r.tombSQL, r.tombsSQL = schema.GoneSQL, schema.GoneKeysSQL
@@ -378,9 +376,9 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 // Get returns the record with key. It reads NEW; on a miss it reads OLD
 // unless the key is tombstoned, or settled in the tracker (unless
 // Config.SkipTrackerOnReads), or the table's migration is closed (see
-// PurgeTombstones), and schedules promotion of a key found in OLD. Errors wrap ErrNotFound,
-// ErrInvalidKey, ErrOldUnavailable or ErrNewUnavailable; an error from
-// Config.Scan is returned as it is.
+// PurgeTombstones), and schedules promotion of a key found in OLD. Errors
+// wrap ErrNotFound, ErrInvalidKey, ErrOldUnavailable or ErrNewUnavailable;
+// an error from Config.Scan is returned as it is.
 func (r *Repo[T]) Get(ctx context.Context, key int64) (T, error) {
 	start := time.Now()
 	mode := r.modeOf(key)

@@ -134,7 +134,8 @@ func (r *colsView) Scan(dest ...any) error {
 	// view, or a record type that lost track of the columns would be
 	// filled in part, or in full from the wrong columns.
 	if len(dest) != r.hi-r.lo {
-		return fmt.Errorf("number of field descriptions must equal number of destinations, got %d and %d", r.hi-r.lo, len(dest))
+		return fmt.Errorf("number of field descriptions must equal number of destinations, got %d and %d: "+
+			"make the record type (or Config.Scan) match Config.Columns", r.hi-r.lo, len(dest))
 	}
 	all := make([]any, len(r.Rows.FieldDescriptions())) // nil skips a column
 	copy(all[r.lo:], dest)

@@ -34,6 +34,17 @@ func shadowCount(t *testing.T, reg *prometheus.Registry, outcome string) float64
 	return testenv.CounterValue(t, reg, "lazymigrate_shadow_reads_total", "outcome", outcome)
 }
 
+// requireShadowCounts fails unless shadow_reads_total counts want for each
+// outcome want names.
+func requireShadowCounts(t *testing.T, reg *prometheus.Registry, what string, want map[string]float64) {
+	t.Helper()
+	for o, w := range want {
+		if got := shadowCount(t, reg, o); got != w {
+			t.Fatalf("%s: shadow_reads_total{outcome=%q} = %v, want %v", what, o, got, w)
+		}
+	}
+}
+
 // Shadow reads compare what Get returned with the other database: a read
 // of NEW with OLD, a read of OLD in mode old with NEW. Each difference a
 // failed mirror can leave is reported; keys not migrated yet are not.
@@ -58,11 +69,8 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 		if outcome != "" {
 			want[outcome]++
 		}
-		for _, o := range []string{"match", "mismatch", "unmigrated", "error", "busy"} {
-			if got := shadowCount(t, reg, o); got != want[o] {
-				t.Fatalf("%s: shadow_reads_total{outcome=%q} = %v, want %v", what, o, got, want[o])
-			}
-		}
+		requireShadowCounts(t, reg, what, map[string]float64{"match": want["match"], "mismatch": want["mismatch"],
+			"unmigrated": want["unmigrated"], "error": want["error"], "busy": want["busy"]})
 		added := strings.TrimPrefix(log.String(), before)
 		if logged == "" && added != "" || !strings.Contains(added, logged) {
 			t.Fatalf("%s: logged %q, want a line with %q", what, added, logged)
@@ -126,11 +134,7 @@ func TestShadowReadsFindWhatDiffers(t *testing.T) {
 	want["match"]++      // 6
 	want["unmigrated"]++ // 9
 	want["mismatch"]++   // 10
-	for o, w := range want {
-		if got := shadowCount(t, reg, o); got != w {
-			t.Fatalf("after GetMany: shadow_reads_total{outcome=%q} = %v, want %v", o, got, w)
-		}
-	}
+	requireShadowCounts(t, reg, "after GetMany", want)
 }
 
 // A difference a write mends before the recheck is not a mismatch: the
@@ -158,11 +162,7 @@ func TestShadowRecheckReadsAgain(t *testing.T) {
 	})
 	b.pair.Old.Exec(t, `UPDATE accounts SET name = 'mirrored' WHERE id = 6`)
 	sh.Wait()
-	for o, want := range map[string]float64{"match": 1, "mismatch": 0} {
-		if got := shadowCount(t, reg, o); got != want {
-			t.Fatalf("shadow_reads_total{outcome=%q} = %v, want %v", o, got, want)
-		}
-	}
+	requireShadowCounts(t, reg, "after the recheck", map[string]float64{"match": 1, "mismatch": 0})
 }
 
 // A repo of pointers: the caller owns the record Get returns and may

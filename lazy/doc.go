@@ -4,15 +4,15 @@
 //
 // # Reads
 //
-// A [Repo] reads NEW first. When NEW lacks a key it reads OLD, unless the key
-// is settled (a tombstone in NEW says it was deleted, or the tracker says its
-// truth already lives in NEW), and schedules the key for promotion, so hot
-// rows move to NEW within moments of being read. The hit path is the plain
-// NEW query and nothing else: no Redis call, no extra query. While most
-// reads miss, as early in a migration, NEW is read with a statement that
-// also tells whether a missing key is tombstoned, so that a miss costs one
-// query of each database; [Config.SkipTrackerOnReads] also leaves Redis off
-// the miss.
+// A [Repo] reads NEW first. When NEW lacks a key it reads OLD, unless a
+// tombstone in NEW says the key was deleted, and schedules the key for
+// promotion, so hot rows move to NEW within moments of being read. The hit
+// path is the plain NEW query and nothing else: no Redis call, no extra
+// query. While most reads miss, as early in a migration, NEW is read with a
+// statement that also tells whether a missing key is tombstoned, so that a
+// miss costs one query of each database and no Redis call. The tracker is
+// asked about a missing key only when OLD cannot be read, so that settled
+// keys still answer, or on every miss with [Config.AskTrackerOnMiss].
 //
 // Errors keep "not found" and "could not tell" apart: a key that is not
 // settled while OLD is down returns [ErrOldUnavailable], never

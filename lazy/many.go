@@ -173,12 +173,12 @@ func (r *Repo[T]) getManyIn(ctx context.Context, mode fallback.Mode, ks []int64)
 		return askTracker(ctx, r, func(ctx context.Context) ([]bool, error) { return r.cfg.Tracker.Settled(ctx, misses) })
 	}
 	bits := noAnswer[[]bool]()
-	if !r.cfg.SkipTrackerOnReads {
+	if r.cfg.AskTrackerOnMiss {
 		bits = ask()
 	}
 	found := make(map[int64]T, len(misses))
 	oldErr := queryKeyed(ctx, r.old, r.oldManySQL, misses, r.cfg.ScanOld, found)
-	if r.cfg.SkipTrackerOnReads && oldUnavailable(oldErr) {
+	if !r.cfg.AskTrackerOnMiss && oldUnavailable(oldErr) {
 		bits = ask()
 	}
 

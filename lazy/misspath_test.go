@@ -22,14 +22,16 @@ func shapeName(folded bool) string {
 }
 
 // Get reads NEW with one of two statements, the plain query or one that
-// folds in the tombstone check; each must answer every kind of key alike.
+// folds in the tombstone check; each must answer every kind of key alike,
+// settled ones included (TestMissesLeaveTheTrackerAlone covers the shapes
+// without the tracker).
 func TestGetAnswersAlikeInBothShapes(t *testing.T) {
 	t.Parallel()
 	for _, folded := range []bool{false, true} {
 		t.Run(shapeName(folded), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			b := setup(t, setupOpts{})
+			b := setup(t, setupOpts{askTracker: true})
 			b.pair.New.Exec(t, `INSERT INTO accounts SELECT * FROM (VALUES (1, 'n@example.com', 'In NEW', 5, 'active', now(), now())) v`)
 			b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key) VALUES ('public.accounts', 2)`)
 			if _, err := b.tracker.Mark(ctx, []int64{11}); err != nil {
@@ -147,18 +149,18 @@ func TestFoldedReadOfAnIntegerKeyWithCustomScan(t *testing.T) {
 	}
 }
 
-// With SkipTrackerOnReads a miss sends nothing to Redis, in either shape,
-// and tombstones and the closure still keep deleted keys from OLD. A key
-// settled but absent from NEW without a tombstone is served from OLD: the
-// documented price.
-func TestSkipTrackerOnReads(t *testing.T) {
+// By default a miss sends nothing to Redis, in either shape, and tombstones
+// and the closure still keep deleted keys from OLD. A key settled but
+// absent from NEW without a tombstone is served from OLD: the documented
+// price of leaving Config.AskTrackerOnMiss off.
+func TestMissesLeaveTheTrackerAlone(t *testing.T) {
 	t.Parallel()
 	for _, folded := range []bool{false, true} {
 		t.Run(shapeName(folded), func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			trackerRDB, hook := countingRedis(t)
-			b := setup(t, setupOpts{trackerRDB: trackerRDB, skipTracker: true})
+			b := setup(t, setupOpts{trackerRDB: trackerRDB})
 			b.pair.New.Exec(t, `INSERT INTO lazymigrate.tombstones (table_name, key) VALUES ('public.accounts', 2)`)
 			if _, err := b.tracker.Mark(ctx, []int64{11}); err != nil {
 				t.Fatal(err)
@@ -183,13 +185,12 @@ func TestSkipTrackerOnReads(t *testing.T) {
 	}
 }
 
-// With SkipTrackerOnReads the tracker is still asked when OLD is down, so
-// that settled keys answer not found rather than OLD unavailable
-// (invariant 7).
-func TestSkipTrackerOnReadsWithOldDown(t *testing.T) {
+// The tracker left off the miss is still asked when OLD is down, so that
+// settled keys answer not found rather than OLD unavailable (invariant 7).
+func TestTrackerAnswersWhileOldIsDown(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b := setup(t, setupOpts{skipTracker: true})
+	b := setup(t, setupOpts{})
 	if _, err := b.tracker.Mark(ctx, []int64{11}); err != nil {
 		t.Fatal(err)
 	}

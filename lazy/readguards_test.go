@@ -285,7 +285,7 @@ func TestReadGuardSettledRecheckFailureIsNotAMiss(t *testing.T) {
 	ctx := context.Background()
 	b := setup(t, setupOpts{})
 	repo, reg := rgRepo(t, b.pair.Old.Pool, b.pair.New.NewPool(t, nil), lazy.Config[Account]{
-		Tracker: rgArmingTracker{Tracker: b.tracker, t: t, new: b.pair.New}, TrackerTimeout: time.Minute})
+		Tracker: rgArmingTracker{Tracker: b.tracker, t: t, new: b.pair.New}, AskTrackerOnMiss: true, TrackerTimeout: time.Minute})
 	rgBreakable(t, b.pair.New)
 
 	got, err := repo.Get(ctx, 7)

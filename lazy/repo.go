@@ -99,28 +99,30 @@ type Config[T any] struct {
 	Scan pgx.RowToFunc[T]
 	// ScanOld turns an OLD row into a T. Defaults to Scan.
 	ScanOld pgx.RowToFunc[T]
-	// Tracker answers whether a key missing from NEW is settled (deleted, or
-	// swept while absent), which saves reading OLD. Defaults to none:
-	// tombstones alone decide.
+	// Tracker records which keys are settled. Writes mark the keys they
+	// settle; reads ask it about a key NEW lacks when OLD cannot be read (so
+	// that settled keys answer while OLD is down), or on every miss with
+	// AskTrackerOnMiss. Defaults to none: tombstones alone decide.
 	Tracker Tracker
 	// Scheduler receives the keys served from OLD, for promotion. Defaults
 	// to none: nothing is promoted by reads.
 	Scheduler Scheduler
-	// SkipTrackerOnReads keeps reads from asking the tracker about keys
-	// NEW lacks, while OLD is read; writes still mark it. Tombstones and
-	// the table's closure, checked in NEW, then decide alone whether such a
-	// key is gone, as they do whenever the tracker is slow or down: a key
-	// deleted through lazymigrate still never reads as found. It saves a
-	// Redis round trip per miss, which costs a third of the miss where the
-	// servers share the client's few cores (BENCHMARKS.md), and little
-	// where they are across a network. It gives up two things: a key
-	// settled while absent from OLD (a sweep found none) costs a read of
-	// OLD, which has none either; and OLD's row of a key settled and then
-	// deleted from NEW other than through Delete (plain SQL, not
-	// reconciled) is served, where the tracker would answer not found.
-	// The tracker is still asked when OLD cannot be read, so that settled
-	// keys answer while OLD is down. Defaults to false.
-	SkipTrackerOnReads bool
+	// AskTrackerOnMiss has reads ask the tracker about every key NEW lacks,
+	// beside the read of OLD. Without it, tombstones and the table's
+	// closure, checked in NEW, decide whether such a key is gone, as they do
+	// whenever the tracker is slow or down. Both give the same answer for
+	// every key written, deleted or promoted through lazymigrate: a deleted
+	// key never reads as found. The tracker adds two things, at the price
+	// of a Redis round trip per miss (a third of the miss where the servers
+	// share the client's few cores; see BENCHMARKS.md): a key a sweep
+	// settled while absent from OLD answers without a read of OLD, which has
+	// none either; and a key settled and then deleted from NEW other than
+	// through Delete (plain SQL, not reconciled) answers not found, where
+	// OLD's stale row is otherwise served, and scheduled for a promotion
+	// that copies it back unless the handler skips settled keys
+	// (promote.HandlerConfig.Settled). Set it if code deletes rows from NEW
+	// with plain SQL while OLD still holds them.
+	AskTrackerOnMiss bool
 	// TrackerTimeout is how long a read waits for the tracker once OLD has
 	// answered. Past it, or when the tracker fails, the read goes on without
 	// it and the tracker is not waited for again for a second. Defaults to
@@ -374,8 +376,8 @@ func New[T any](ctx context.Context, oldDB, newDB DB, cfg *Config[T]) (*Repo[T],
 }
 
 // Get returns the record with key. It reads NEW; on a miss it reads OLD
-// unless the key is tombstoned, or settled in the tracker (unless
-// Config.SkipTrackerOnReads), or the table's migration is closed (see
+// unless the key is tombstoned, or settled in the tracker (see
+// Config.AskTrackerOnMiss), or the table's migration is closed (see
 // PurgeTombstones), and schedules promotion of a key found in OLD. Errors
 // wrap ErrNotFound, ErrInvalidKey, ErrOldUnavailable or ErrNewUnavailable;
 // an error from Config.Scan is returned as it is.
@@ -595,7 +597,7 @@ func (r *Repo[T]) getOldNewDown(ctx context.Context, key int64) (T, string, erro
 
 // fallback resolves a key NEW did not have. Unless the read of NEW folded
 // it in (notGone), the tombstone is asked while OLD is read, as is the
-// tracker (see Config.SkipTrackerOnReads), so a miss costs about one OLD
+// tracker with Config.AskTrackerOnMiss, so a miss costs about one OLD
 // query more than a hit. OLD is read on this goroutine: measured on a
 // 2-core machine, that beats handing it to another.
 func (r *Repo[T]) fallback(ctx context.Context, key int64, notGone bool) (T, string, error) {
@@ -614,11 +616,11 @@ func (r *Repo[T]) fallback(ctx context.Context, key int64, notGone bool) (T, str
 		return askTracker(ctx, r, func(ctx context.Context) (bool, error) { return r.cfg.Tracker.IsSettled(ctx, key) })
 	}
 	bit := noAnswer[bool]()
-	if !r.cfg.SkipTrackerOnReads {
+	if r.cfg.AskTrackerOnMiss {
 		bit = ask()
 	}
 	v, oldErr := queryOne(ctx, r.old, r.oldSQL, key, r.cfg.ScanOld)
-	if r.cfg.SkipTrackerOnReads && oldUnavailable(oldErr) {
+	if !r.cfg.AskTrackerOnMiss && oldUnavailable(oldErr) {
 		bit = ask()
 	}
 

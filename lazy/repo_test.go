@@ -3,6 +3,7 @@ package lazy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -49,7 +50,7 @@ type setupOpts struct {
 	trackerRDB  redis.UniversalClient // tracker client, default the test's Redis
 	enqueueRDB  redis.UniversalClient // asynq client, default the test's Redis
 	trackerWait time.Duration
-	skipTracker bool // Config.SkipTrackerOnReads
+	askTracker  bool // Config.AskTrackerOnMiss
 }
 
 // setup gives OLD accounts [1, 101), an empty NEW, a tracker, an enqueuer
@@ -94,12 +95,12 @@ func setup(t *testing.T, o setupOpts) *testBundle {
 	b.oldPool = countingPool(t, p.Old, b.oldQueries)
 	b.newPool = countingPool(t, p.New, b.newQueries)
 	b.repo, err = lazy.New(ctx, b.oldPool, b.newPool, &lazy.Config[Account]{
-		Table:              "accounts",
-		Tracker:            b.tracker,
-		Scheduler:          b.enqueuer,
-		Registerer:         b.reg,
-		TrackerTimeout:     o.trackerWait,
-		SkipTrackerOnReads: o.skipTracker,
+		Table:            "accounts",
+		Tracker:          b.tracker,
+		Scheduler:        b.enqueuer,
+		Registerer:       b.reg,
+		TrackerTimeout:   o.trackerWait,
+		AskTrackerOnMiss: o.askTracker,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -308,10 +309,12 @@ func TestGetTombstonedKeyIsNotFoundWithEmptyTracker(t *testing.T) {
 	}
 }
 
+// With AskTrackerOnMiss, a settled key never falls back to OLD, even
+// without a tombstone.
 func TestGetSettledKeyDoesNotFallBack(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b := setup(t, setupOpts{})
+	b := setup(t, setupOpts{askTracker: true})
 	// Settled but absent from NEW: e.g. swept while absent, or deleted and
 	// its tombstone purged. OLD's stale row must not be served.
 	if _, err := b.tracker.Mark(ctx, []int64{11}); err != nil {
@@ -377,33 +380,38 @@ func TestGetWithOldDown(t *testing.T) {
 }
 
 // Invariant 7, Redis down: reads are answered, promotions are counted as
-// dropped.
+// dropped, whether or not misses ask the tracker.
 func TestGetWithRedisDown(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	t.Cleanup(func() { _ = dead.Close() })
-	b := setup(t, setupOpts{trackerRDB: dead, enqueueRDB: dead})
-	b.pair.New.Exec(t, `INSERT INTO accounts VALUES (7, 'new@example.com', 'In NEW', 1, 'active', now(), now())`)
+	for _, ask := range []bool{false, true} {
+		t.Run(fmt.Sprintf("AskTrackerOnMiss=%v", ask), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+			t.Cleanup(func() { _ = dead.Close() })
+			b := setup(t, setupOpts{trackerRDB: dead, enqueueRDB: dead, askTracker: ask})
+			b.pair.New.Exec(t, `INSERT INTO accounts VALUES (7, 'new@example.com', 'In NEW', 1, 'active', now(), now())`)
 
-	if got, err := b.repo.Get(ctx, 7); err != nil || got.ID != 7 {
-		t.Fatalf("Get(7) = %+v, %v; want NEW's row", got, err)
-	}
-	if got, err := b.repo.Get(ctx, 8); err != nil || got.ID != 8 {
-		t.Fatalf("Get(8) = %+v, %v; want OLD's row", got, err)
-	}
-	if got, err := b.repo.GetMany(ctx, []int64{7, 9, 5000}); err != nil || len(got) != 2 {
-		t.Fatalf("GetMany = %v, %v; want keys 7 and 9", keysOf(got), err)
-	}
-	if _, err := b.repo.Get(ctx, 5000); !errors.Is(err, lazy.ErrNotFound) {
-		t.Fatalf("Get(5000) err = %v, want ErrNotFound", err)
-	}
-	_ = b.enqueuer.Flush(ctx)
-	if got := b.metric(t, "lazymigrate_promotions_total", "dropped"); got != 2 {
-		t.Fatalf("dropped promotions = %v, want 2", got)
-	}
-	if got := b.metric(t, "lazymigrate_reads_total", "tracker_unavailable"); got < 1 {
-		t.Fatal("tracker failure not counted")
+			if got, err := b.repo.Get(ctx, 7); err != nil || got.ID != 7 {
+				t.Fatalf("Get(7) = %+v, %v; want NEW's row", got, err)
+			}
+			if got, err := b.repo.Get(ctx, 8); err != nil || got.ID != 8 {
+				t.Fatalf("Get(8) = %+v, %v; want OLD's row", got, err)
+			}
+			if got, err := b.repo.GetMany(ctx, []int64{7, 9, 5000}); err != nil || len(got) != 2 {
+				t.Fatalf("GetMany = %v, %v; want keys 7 and 9", keysOf(got), err)
+			}
+			if _, err := b.repo.Get(ctx, 5000); !errors.Is(err, lazy.ErrNotFound) {
+				t.Fatalf("Get(5000) err = %v, want ErrNotFound", err)
+			}
+			_ = b.enqueuer.Flush(ctx)
+			if got := b.metric(t, "lazymigrate_promotions_total", "dropped"); got != 2 {
+				t.Fatalf("dropped promotions = %v, want 2", got)
+			}
+			if got := b.metric(t, "lazymigrate_reads_total", "tracker_unavailable"); ask != (got >= 1) {
+				t.Fatalf("tracker_unavailable = %v with AskTrackerOnMiss %v", got, ask)
+			}
+		})
 	}
 }
 
@@ -416,7 +424,7 @@ func TestGetWithRedisHanging(t *testing.T) {
 	hung := redis.NewClient(&redis.Options{Addr: testenvRedisAddr(t)})
 	hung.AddHook(hook)
 	t.Cleanup(func() { _ = hung.Close() })
-	b := setup(t, setupOpts{trackerRDB: hung, trackerWait: 30 * time.Millisecond})
+	b := setup(t, setupOpts{trackerRDB: hung, trackerWait: 30 * time.Millisecond, askTracker: true})
 	hook.hang.Store(true)
 
 	for k := int64(1); k <= 5; k++ {
@@ -437,7 +445,7 @@ func TestGetWithRedisHanging(t *testing.T) {
 func TestGetManyUsesOneQueryPerSide(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b := setup(t, setupOpts{})
+	b := setup(t, setupOpts{askTracker: true})
 	b.pair.New.Exec(t, `INSERT INTO accounts SELECT * FROM (VALUES
 		(1::bigint, 'n1@example.com', 'NEW 1', 1::bigint, 'active', now(), now()),
 		(2, 'n2@example.com', 'NEW 2', 2, 'active', now(), now())) v`)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/lazymigrate/lazymigrate/fallback"
+	"github.com/lazymigrate/lazymigrate/internal/schema"
 	"github.com/lazymigrate/lazymigrate/internal/testenv"
 	"github.com/lazymigrate/lazymigrate/lazy"
 	"github.com/lazymigrate/lazymigrate/promote"
@@ -48,9 +51,9 @@ func remote(b *testing.B, p *testenv.Pair, rtt time.Duration) (oldDB, newDB *pgx
 //     HitFolded reads it with the statement misses get.
 //   - Miss: a key only in OLD, against "query NEW, then query OLD". The
 //     repo also checks the tombstone (folded into the read of NEW, once
-//     the misses have outnumbered one read in ten) and the tracker, and
-//     schedules the promotion (enqueued to Redis in the background; no
-//     worker runs). MissSkipTracker leaves the tracker out.
+//     the misses have outnumbered one read in ten) and schedules the
+//     promotion (enqueued to Redis in the background; no worker runs).
+//     MissAskTracker also asks the tracker, beside OLD.
 func BenchmarkGet(b *testing.B) { benchGet(b, 0) }
 
 // BenchmarkGetRemote is BenchmarkGet with every round trip to Postgres and
@@ -191,15 +194,14 @@ func benchGet(b *testing.B, rtt time.Duration) {
 		misses(b, 5, func(k int64) error { _, err := repo.Get(ctx, k); return err })
 	})
 
-	// With SkipTrackerOnReads a miss checks only the tombstone, folded into
-	// the read of NEW once misses are common: what the tracker's Redis call
-	// costs on this machine.
-	skipTracker, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq, SkipTrackerOnReads: true})
+	// With AskTrackerOnMiss a miss also asks the tracker, beside OLD: what
+	// the tracker's Redis call costs on this machine.
+	askTracker, err := lazy.New(ctx, oldDB, newDB, &lazy.Config[Account]{Table: "accounts", Tracker: tr, Scheduler: enq, AskTrackerOnMiss: true})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Run("MissSkipTracker", func(b *testing.B) {
-		misses(b, 9, func(k int64) error { _, err := skipTracker.Get(ctx, k); return err })
+	b.Run("MissAskTracker", func(b *testing.B) {
+		misses(b, 9, func(k int64) error { _, err := askTracker.Get(ctx, k); return err })
 	})
 
 	b.Run("GetMany100", func(b *testing.B) {
@@ -242,8 +244,21 @@ func benchGet(b *testing.B, rtt time.Duration) {
 	})
 }
 
-// BenchmarkWrite compares Put and Delete, mirrored to OLD, with the same
-// statements in raw pgx: the NEW write, then the OLD write.
+// BenchmarkWrite compares Put and Delete, mirrored to OLD, with raw pgx
+// on the same pools, in two ways:
+//
+//   - Put, Delete: the bare statements, the NEW write and then the OLD
+//     write, both autocommitted.
+//   - PutVsSameWrites, DeleteVsSameWrites: the same writes a careful
+//     hand-written migration sends to keep the guarantees lazymigrate
+//     keeps (DESIGN.md, "Writes during migration"): in one NEW transaction,
+//     sent as one batch, the per-key mirror lock (held until OLD has the
+//     change, so that OLD applies changes in NEW's order), the write, the
+//     tombstone cleared or written, and the outbox row that keeps the intent
+//     to mirror across a crash (a Delete also takes its key's lock stripe,
+//     as promotions do); then the OLD write; then, in one more round trip
+//     in the background, as lazymigrate does it, the lock released and
+//     the outbox row deleted.
 func BenchmarkWrite(b *testing.B) { benchWrite(b, 0) }
 
 // BenchmarkWriteRemote is BenchmarkWrite with every round trip made
@@ -291,24 +306,111 @@ func benchWrite(b *testing.B, rtt time.Duration) {
 		}
 		return nil
 	}
-	half := int64(benchRows / 2) // raw writes keys below half, lazymigrate above
-	b.Run("Put", func(b *testing.B) {
+	// sameWrites sends write (with args) and its tombstone statement
+	// (on table_name and key) as the body of a NEW transaction that holds
+	// key's mirror lock and records an outbox row, then runs oldWrite. The
+	// lock's release and the outbox row's delete then run in the
+	// background, off the caller's path, as lazymigrate runs them; the
+	// case waits for them before it ends.
+	const table = "public.accounts"
+	var tidying sync.WaitGroup
+	var tidyErr atomic.Pointer[error]
+	sameWrites := func(key int64, stripe bool, write string, args []any, tomb string, oldWrite func() error) error {
+		conn, err := newDB.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		var outboxID int64
+		nb := &pgx.Batch{}
+		nb.Queue(`BEGIN`)
+		nb.Queue(`SELECT pg_advisory_lock($1)`, key)
+		if stripe {
+			nb.Queue(`SELECT pg_advisory_xact_lock($1)`, key>>10)
+		}
+		nb.Queue(write, args...)
+		nb.Queue(tomb, table, key)
+		nb.Queue(`INSERT INTO `+schema.Outbox+` (table_name, key) VALUES ($1, $2) RETURNING id`, table, key).
+			QueryRow(func(row pgx.Row) error { return row.Scan(&outboxID) })
+		nb.Queue(`COMMIT`)
+		if err := conn.SendBatch(ctx, nb).Close(); err != nil {
+			conn.Release()
+			return err
+		}
+		if err := oldWrite(); err != nil {
+			conn.Release()
+			return err
+		}
+		tidying.Go(func() {
+			defer conn.Release()
+			tidy := &pgx.Batch{}
+			tidy.Queue(`SELECT pg_advisory_unlock($1)`, key)
+			tidy.Queue(`BEGIN`)
+			tidy.Queue(`SET LOCAL synchronous_commit TO off`)
+			tidy.Queue(`DELETE FROM `+schema.Outbox+` WHERE id = $1`, outboxID)
+			tidy.Queue(`COMMIT`)
+			if err := conn.SendBatch(ctx, tidy).Close(); err != nil {
+				tidyErr.Store(&err)
+			}
+		})
+		return nil
+	}
+	// sameCase runs a case against sameWrites and fails it if a background
+	// release failed.
+	sameCase := func(run func(*testing.B)) func(*testing.B) {
+		return func(b *testing.B) {
+			run(b)
+			tidying.Wait()
+			if err := tidyErr.Load(); err != nil {
+				b.Fatal(*err)
+			}
+		}
+	}
+	samePut := func(a Account) error {
+		return sameWrites(a.ID, false,
+			upsert, []any{a.ID, a.Email, a.Name, a.BalanceCents, a.Status, a.CreatedAt, a.UpdatedAt},
+			`DELETE FROM `+schema.Tombstones+` WHERE table_name = $1 AND key = $2`,
+			func() error {
+				_, err := oldDB.Exec(ctx, upsert, a.ID, a.Email, a.Name, a.BalanceCents, a.Status, a.CreatedAt, a.UpdatedAt)
+				return err
+			})
+	}
+	sameDelete := func(k int64) error {
+		return sameWrites(k, true,
+			`DELETE FROM accounts WHERE id = $1`, []any{k},
+			`INSERT INTO `+schema.Tombstones+` (table_name, key) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
+			func() error {
+				_, err := oldDB.Exec(ctx, `DELETE FROM accounts WHERE id = $1`, k)
+				return err
+			})
+	}
+
+	// Puts: raw on keys up to half, lazymigrate above. Deletes: each case
+	// its own quarter of the keys, raw then lazymigrate.
+	half := int64(benchRows / 2)
+	puts := func(b *testing.B, raw func(Account) error) {
 		r := rand.New(rand.NewPCG(11, 12))
 		pair(b,
-			func(int) error { return rawPut(account(1+r.Int64N(half), "raw")) },
+			func(int) error { return raw(account(1+r.Int64N(half), "raw")) },
 			func(int) error {
 				k := half + 1 + r.Int64N(half)
 				_, err := repo.Put(ctx, k, account(k, "lazy"))
 				return err
 			})
-	})
-	next := [2]int64{1, half + 1}
-	b.Run("Delete", func(b *testing.B) {
-		if int64(b.N) > half {
-			b.Fatalf("b.N = %d exceeds the %d keys to delete", b.N, half)
+	}
+	b.Run("Put", func(b *testing.B) { puts(b, rawPut) })
+	b.Run("PutVsSameWrites", sameCase(func(b *testing.B) { puts(b, samePut) }))
+	quarter := int64(benchRows / 4)
+	deletes := func(first int64, raw func(int64) error) func(*testing.B) {
+		next, limit := [2]int64{first, first + quarter}, first+quarter
+		return func(b *testing.B) {
+			if next[0]+int64(b.N) > limit {
+				b.Fatalf("b.N = %d exceeds the %d keys left to delete", b.N, limit-next[0])
+			}
+			pair(b,
+				func(int) error { k := next[0]; next[0]++; return raw(k) },
+				func(int) error { k := next[1]; next[1]++; return repo.Delete(ctx, k) })
 		}
-		pair(b,
-			func(int) error { k := next[0]; next[0]++; return rawDelete(k) },
-			func(int) error { k := next[1]; next[1]++; return repo.Delete(ctx, k) })
-	})
+	}
+	b.Run("Delete", deletes(1, rawDelete))
+	b.Run("DeleteVsSameWrites", sameCase(deletes(1+2*quarter, sameDelete)))
 }

@@ -3,6 +3,8 @@ package lazy_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -13,13 +15,15 @@ import (
 
 // promotingTracker promotes the keys it is asked about before answering,
 // so that a promotion commits between a read's NEW miss and its tracker
-// answer, as a concurrent worker or sweep can.
+// answer, as a concurrent worker or sweep can. It counts the questions.
 type promotingTracker struct {
 	lazy.Tracker
-	cp *promote.Copier
+	cp    *promote.Copier
+	asked *atomic.Int64
 }
 
 func (p promotingTracker) IsSettled(ctx context.Context, k int64) (bool, error) {
+	p.asked.Add(1)
 	if _, err := p.cp.CopyKeys(ctx, []int64{k}); err != nil {
 		return false, err
 	}
@@ -27,6 +31,7 @@ func (p promotingTracker) IsSettled(ctx context.Context, k int64) (bool, error) 
 }
 
 func (p promotingTracker) Settled(ctx context.Context, ks []int64) ([]bool, error) {
+	p.asked.Add(1)
 	if _, err := p.cp.CopyKeys(ctx, ks); err != nil {
 		return nil, err
 	}
@@ -34,23 +39,46 @@ func (p promotingTracker) Settled(ctx context.Context, ks []int64) ([]bool, erro
 }
 
 // A promotion landing in the middle of a read must not turn an existing key
-// into "not found".
+// into "not found": whether the tracker is asked beside OLD
+// (AskTrackerOnMiss) or, by default, once OLD has failed.
 func TestReadDuringPromotionFindsKey(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	b := setup(t, setupOpts{})
-	repo, err := lazy.New(ctx, b.pair.Old.Pool, b.pair.New.Pool, &lazy.Config[Account]{
-		Table: "accounts", Tracker: promotingTracker{b.tracker, b.copier},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := repo.Get(ctx, 5); err != nil || got.ID != 5 {
-		t.Fatalf("Get(5) promoted mid-read = %+v, %v; want the record", got, err)
-	}
-	got, err := repo.GetMany(ctx, []int64{6, 7, 5000})
-	if err != nil || len(got) != 2 || got[6].ID != 6 || got[7].ID != 7 {
-		t.Fatalf("GetMany(6, 7, 5000) promoted mid-read = %v, %v; want keys 6 and 7", keysOf(got), err)
+	for _, oldDown := range []bool{false, true} {
+		t.Run(fmt.Sprintf("oldDown=%v", oldDown), func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			b := setup(t, setupOpts{})
+			asked := new(atomic.Int64)
+			oldPool := b.pair.Old.NewPool(t, nil)
+			repo, err := lazy.New(ctx, oldPool, b.pair.New.Pool, &lazy.Config[Account]{
+				Table: "accounts", Tracker: promotingTracker{b.tracker, b.copier, asked}, AskTrackerOnMiss: !oldDown,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if oldDown {
+				oldPool.Close()
+			}
+			if got, err := repo.Get(ctx, 5); err != nil || got.ID != 5 {
+				t.Fatalf("Get(5) promoted mid-read = %+v, %v; want the record", got, err)
+			}
+			got, err := repo.GetMany(ctx, []int64{6, 7, 5000})
+			if oldDown {
+				// 5000 is in neither database and not settled: OLD's
+				// answer is missing.
+				if !errors.Is(err, lazy.ErrOldUnavailable) {
+					t.Fatalf("GetMany(6, 7, 5000) err = %v, want ErrOldUnavailable for 5000", err)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 2 || got[6].ID != 6 || got[7].ID != 7 {
+				t.Fatalf("GetMany(6, 7, 5000) promoted mid-read = %v, %v; want keys 6 and 7", keysOf(got), err)
+			}
+			if asked.Load() != 2 {
+				t.Fatalf("the tracker was asked %d times, want 2: once by Get, once by GetMany", asked.Load())
+			}
+		})
 	}
 }
 
